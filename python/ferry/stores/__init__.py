@@ -1,0 +1,1 @@
+"""Connections to Redis and Postgres, the schema, and the Redis keyspace walk."""
