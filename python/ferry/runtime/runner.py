@@ -91,7 +91,19 @@ class Runner:
         With `once`, do one run at once (no startup delay) and return 0 if it
         succeeded or was skipped on purpose, 1 if it failed.
         """
-        self._install_signals()
+        previous = self._install_signals()
+        try:
+            return self._serve(once)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def wake(self) -> None:
+        """Ask for a run as soon as none is in flight; safe from any thread."""
+        self._wake_requested = True
+        self._nudge.set()
+
+    def _serve(self, once: bool) -> int:
         self.worker.attach(self.wake)
         schedule = self.worker.schedule
         delay = 0.0 if once else schedule.startup_delay_s
@@ -141,11 +153,6 @@ class Runner:
             self._write_stats()
 
         return self._exit(once)
-
-    def wake(self) -> None:
-        """Ask for a run as soon as none is in flight; safe from any thread."""
-        self._wake_requested = True
-        self._nudge.set()
 
     # -- the run ----------------------------------------------------------
 
@@ -255,11 +262,14 @@ class Runner:
 
     # -- signals and exit -------------------------------------------------
 
-    def _install_signals(self) -> None:
+    def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
-            return
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+            return {}
+        previous = {}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._on_signal)
+        return previous
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Only flags here: logging from a signal handler can interleave with a
@@ -296,8 +306,16 @@ class Runner:
             if self._stopping.is_set()
             else ("error_budget" if self.budget.exhausted else "once")
         )
+        if not self._stopping.is_set():
+            # Leaving for the budget or after --once: the last run is at most
+            # finishing its completion path; the deadline starts now.
+            self._stop_requested_at = time.monotonic()
+            self._stopping.set()
+        deadline = self._stop_requested_at + self.settings.shutdown_deadline_s
+        if self._thread is not None:
+            # A run that is only finishing its completion path needs no log line.
+            self._thread.join(timeout=min(1.0, max(deadline - time.monotonic(), 0)))
         if self._running():
-            deadline = self._stop_requested_at + self.settings.shutdown_deadline_s
             logger.info(
                 "shutdown_waiting %s",
                 kv(
