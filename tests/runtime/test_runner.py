@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -283,10 +284,10 @@ def test_wake_during_a_run_runs_again_after_it(tmp_path: Path) -> None:
 
         def __init__(self) -> None:
             self.runs = 0
-            self.wake = lambda: None
+            self.wake: Callable[[], None] = lambda: None
 
-        def attach(self, wake: object) -> None:
-            self.wake = wake  # type: ignore[assignment]
+        def attach(self, wake: Callable[[], None]) -> None:
+            self.wake = wake
 
         def run_once(self, ctx: RunContext) -> RunOutcome:
             self.runs += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -59,13 +60,19 @@ def walk(client: Client, match: str, count: int) -> Iterator[Page]:
                 cursor, keys = client.scan(cursor, match=match, count=count)
                 continue
             if cursor == 0:
-                yield keys, client.mget(keys)
+                yield _page(keys, client.mget(keys))
                 return
             pipe = client.pipeline(transaction=False)
             pipe.mget(keys)
             pipe.scan(cursor, match=match, count=count)
             values, (next_cursor, next_keys) = pipe.execute()
-            yield keys, values
+            yield _page(keys, values)
             cursor, keys = next_cursor, next_keys
     except redis.RedisError as exc:
         raise StoreError(f"redis walk of {match!r} failed: {exc}") from exc
+
+
+def _page(keys: list[Any], values: list[Any]) -> Page:
+    # decode_responses=False makes every key and value bytes (or None for a
+    # missing value); redis-py's annotations cannot express that.
+    return keys, values

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -206,6 +206,10 @@ class CounterSync(Worker):
         """Extra work once the run has committed; returns log fields."""
         return {}
 
+    def pages(self, client: redis_store.Client) -> Iterator[redis_store.Page]:
+        """The keyspace walk, page by page (SCAN + MGET)."""
+        return redis_store.walk(client, self.pattern.scan_match, self.scan_count)
+
     # -- steps ------------------------------------------------------------
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
@@ -273,9 +277,7 @@ class CounterSync(Worker):
             cur.copy(copy_sql, writer=QueuedLibpqWriter(cur)) as copy,
         ):
             copy.write(_core.COPY_HEADER)
-            for keys, values in redis_store.walk(
-                client, self.pattern.scan_match, self.scan_count
-            ):
+            for keys, values in self.pages(client):
                 page = self.memory.encode_page(keys, values)
                 copy.write(page.copy_data)
                 totals.add(page, len(keys))
