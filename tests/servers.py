@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -159,14 +160,17 @@ class PrivatePostgres:
             ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Its own process group, so that kill() takes the backends too:
+            # backends outlive a SIGKILLed postmaster until they notice.
+            start_new_session=True,
         )
         _wait_port(self.port, self.proc, "postgres")
         return self
 
     def kill(self) -> None:
-        """SIGKILL the postmaster (children exit when it goes)."""
+        """SIGKILL the postmaster and every backend at once."""
         if self.proc is not None:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
             self.proc = None
 

@@ -17,9 +17,11 @@ from ferry.config import CommonSettings, load
 from ferry.errors import StoreError
 from ferry.runtime import EXIT_CONFIG, EXIT_OK, RunContext, Schedule
 from ferry.stores import redis as redis_store
+from ferry.stores.migrate import migrate
 from ferry.workers import quota_sync
 from ferry.workers.counter_sync import CounterSync
 from tests.conftest import REPO, ferry_cmd, run_ferry
+from tests.servers import PrivatePostgres, PrivateRedis
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -336,3 +338,86 @@ def test_bad_setting_stops_start_up_with_one_line_naming_it(
         "ferry: configuration error: REDIS_URL must start with one of redis://,"
         " rediss://, unix://, got 'localhost:6379'"
     )
+
+
+class RestartingRedis(CounterSync):
+    """Restarts the private Redis after the first page, losing its keys."""
+
+    server: PrivateRedis
+
+    def pages(self, client: redis_store.Client) -> Iterator[redis_store.Page]:
+        first = True
+        for page in super().pages(client):
+            yield page
+            if first:
+                first = False
+                self.server.kill()
+                self.server.start()
+
+
+def test_redis_restarted_mid_walk_fails_the_run_and_touches_no_row(
+    ferry_env: dict[str, str], db: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = PrivateRedis().start()
+    try:
+        monkeypatch.setenv("REDIS_URL", server.url)
+        common = load(CommonSettings)
+        client = redis.Redis.from_url(server.url)
+        client.mset({f"quota:a{i}:uploads": 1 for i in range(3000)})
+        sync = RestartingRedis(
+            "quota-sync",
+            common,
+            pattern="quota:{account}:{metric}",
+            table=quota_sync.TABLE,
+            schedule=Schedule(interval_s=60),
+            scan_count=100,
+        )
+        sync.server = server
+        db.execute(
+            "INSERT INTO quota_usage VALUES ('a1', 'uploads', 1, now() - interval '1h')"
+        )
+        with pytest.raises(StoreError, match="redis restarted during the walk"):
+            sync.run_once(RunContext(threading.Event()))
+        sync.on_failure()
+        assert rows(db) == {("a1", "uploads"): 1}
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_postgres_killed_mid_run_fails_it_and_the_next_run_recovers(
+    ferry_env: dict[str, str], rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = PrivatePostgres().init().start()
+    try:
+        migrate(server.url)
+        monkeypatch.setenv("DATABASE_URL", server.url)
+        rclient.mset({f"quota:a{i}:uploads": i for i in range(3000)})
+        common = load(CommonSettings)
+
+        class KillingPostgres(CounterSync):
+            def pages(self, client: redis_store.Client) -> Iterator[redis_store.Page]:
+                for number, page in enumerate(super().pages(client)):
+                    yield page
+                    if number == 1:
+                        server.kill()
+
+        doomed = KillingPostgres(
+            "quota-sync",
+            common,
+            pattern="quota:{account}:{metric}",
+            table=quota_sync.TABLE,
+            schedule=Schedule(interval_s=60),
+            scan_count=100,
+        )
+        with pytest.raises(StoreError, match="postgres failed"):
+            doomed.run_once(RunContext(threading.Event()))
+        doomed.on_failure()
+        server.start()
+        worker = quota_sync.build(common)
+        assert run(worker)["synced"] == 3000
+        worker.close()
+        with psycopg.connect(server.url) as conn:
+            assert rows(conn)[("a2999", "uploads")] == 2999
+    finally:
+        server.remove()

@@ -34,7 +34,7 @@ def connect(url: str, *, application: str) -> psycopg.Connection[tuple[object, .
             application_name=f"ferry-{application}",
         )
     except psycopg.Error as exc:
-        raise StoreError(f"cannot connect to Postgres: {_first_line(exc)}") from exc
+        raise StoreError(f"cannot connect to Postgres: {first_line(exc)}") from exc
 
 
 def xact_lock(conn: psycopg.Connection[tuple[object, ...]], name: str) -> None:
@@ -54,6 +54,7 @@ def try_xact_lock(conn: psycopg.Connection[tuple[object, ...]], name: str) -> bo
     return bool(row and row[0])
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message, for one-line logs."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -49,18 +49,23 @@ def walk(client: Client, match: str, count: int) -> Iterator[Page]:
     answers both in one round trip. Keys may repeat across pages (SCAN's
     documented guarantee is only that keys present throughout are returned at
     least once); the caller deduplicates. Redis errors propagate as
-    `StoreError`.
+    `StoreError`, and so does a server restart during the walk: a SCAN cursor
+    means nothing to a new server, so that walk cannot be called complete.
     """
     try:
+        server = _server_run_id(client)
         cursor, keys = client.scan(0, match=match, count=count)
         while True:
             if not keys:
                 if cursor == 0:
+                    _check_same_server(client, server)
                     return
                 cursor, keys = client.scan(cursor, match=match, count=count)
                 continue
             if cursor == 0:
-                yield _page(keys, client.mget(keys))
+                page = _page(keys, client.mget(keys))
+                _check_same_server(client, server)
+                yield page
                 return
             pipe = client.pipeline(transaction=False)
             pipe.mget(keys)
@@ -70,6 +75,20 @@ def walk(client: Client, match: str, count: int) -> Iterator[Page]:
             cursor, keys = next_cursor, next_keys
     except redis.RedisError as exc:
         raise StoreError(f"redis walk of {match!r} failed: {exc}") from exc
+
+
+def _server_run_id(client: Client) -> str:
+    info: dict[str, Any] = client.info("server")
+    return str(info.get("run_id", ""))
+
+
+def _check_same_server(client: Client, run_id: str) -> None:
+    now = _server_run_id(client)
+    if now != run_id:
+        raise StoreError(
+            f"redis restarted during the walk (run_id {run_id} became {now});"
+            " the walk is incomplete and its rows were not written"
+        )
 
 
 def _page(keys: list[Any], values: list[Any]) -> Page:

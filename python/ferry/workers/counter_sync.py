@@ -31,6 +31,7 @@ from psycopg.copy import QueuedLibpqWriter
 
 from ferry import _core
 from ferry.config import CommonSettings
+from ferry.errors import StoreError
 from ferry.logs import kv
 from ferry.runtime import RunContext, RunOutcome, Schedule, Worker
 from ferry.runtime.stats import utc_now
@@ -133,7 +134,16 @@ class CounterSync(Worker):
     # -- Worker -----------------------------------------------------------
 
     def run_once(self, ctx: RunContext) -> RunOutcome:
-        """Sync once; see the module docstring for the steps."""
+        """Sync once; see the module docstring for the steps.
+
+        Raises `StoreError` when Redis or Postgres fails; nothing was written.
+        """
+        try:
+            return self._sync(ctx)
+        except psycopg.Error as exc:
+            raise StoreError(f"postgres failed: {postgres.first_line(exc)}") from exc
+
+    def _sync(self, ctx: RunContext) -> RunOutcome:
         # One timestamp per run, taken before the first page.
         synced_at = utc_now()
         conn = self._connection()
