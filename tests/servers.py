@@ -111,6 +111,7 @@ class PrivatePostgres:
         self.dir = Path(tempfile.mkdtemp(prefix="ferry-pg-"))
         self.data = self.dir / "data"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log = (self.dir / "server.log").open("ab")
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
 
@@ -140,6 +141,8 @@ class PrivatePostgres:
         return self
 
     def start(self) -> PrivatePostgres:
+        if self._log.closed:
+            self._log = (self.dir / "server.log").open("ab")
         self.proc = subprocess.Popen(
             _as_postgres(
                 [
@@ -159,7 +162,7 @@ class PrivatePostgres:
                 ]
             ),
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=self._log,
             # Its own process group, so that kill() takes the backends too:
             # backends outlive a SIGKILLed postmaster until they notice.
             start_new_session=True,
@@ -170,9 +173,19 @@ class PrivatePostgres:
     def kill(self) -> None:
         """SIGKILL the postmaster and every backend at once."""
         if self.proc is not None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            group = self.proc.pid
+            os.killpg(group, signal.SIGKILL)
             self.proc.wait()
             self.proc = None
+            # A restart must not find a backend still holding the data
+            # directory's shared memory: wait until the whole group is gone.
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(group, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -182,4 +195,5 @@ class PrivatePostgres:
 
     def remove(self) -> None:
         self.stop()
+        self._log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
