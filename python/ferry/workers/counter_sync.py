@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import LiteralString
 
 import psycopg
 from psycopg import sql
@@ -53,11 +54,26 @@ class CounterTable:
 
     `key_columns` pairs each column with its Postgres type, in the order of
     the key pattern's named segments.
+
+    A table whose rows are more than a mirror of their keys (daily_usage
+    closes rows) refines the sync with three SQL fragments over its columns;
+    left at None, each keeps the plain mirror:
+
+    - `update_filter`: a condition on the existing row `t` that the upsert
+      must meet to rewrite it; staged rows it keeps out are left to
+      `CounterSync.upsert_excluded`.
+    - `remembered_value`: the value the Redis key is expected to hold, which
+      seeds the memory (default: the value column).
+    - `remembered_rows`: which rows seed the memory (default: all). The
+      absent pass zeroes only keys the memory holds.
     """
 
     name: str
     key_columns: tuple[tuple[str, str], ...]
     value_column: str
+    update_filter: LiteralString | None = None
+    remembered_value: LiteralString | None = None
+    remembered_rows: LiteralString | None = None
 
     def column_names(self) -> list[str]:
         """Key columns then the value column."""
@@ -95,8 +111,8 @@ class Totals:
 class CounterSync(Worker):
     """Mirrors Redis integer counters matching a key pattern into a table.
 
-    Subclasses may extend `after_upsert` (inside the transaction) and
-    `after_commit` (once the run is durable).
+    Subclasses may extend `upsert_excluded` and `after_upsert` (inside the
+    transaction) and `after_commit` (once the run is durable).
     """
 
     def __init__(
@@ -156,6 +172,7 @@ class CounterSync(Worker):
             self._load_memory(conn)
             totals = self._stage(conn, client, ctx)
             written = self._upsert(conn, synced_at)
+            written += self.upsert_excluded(conn, synced_at)
             extra = self.after_upsert(conn, synced_at)
             run_id = uuid.uuid4()
             conn.execute(
@@ -191,9 +208,18 @@ class CounterSync(Worker):
 
     def on_failure(self) -> None:
         """Forget the memory and the connection; the next run starts afresh."""
+        self.forget_memory()
+        self.close()
+
+    def forget_memory(self) -> None:
+        """Drop the memory; the next run reloads it from the table."""
         self.memory.forget()
         self._run_id = None
-        self.close()
+
+    @property
+    def staging_table(self) -> str:
+        """Name of the run's temporary staging table (key columns and value)."""
+        return f"{self.table.name}_staging"
 
     def close(self) -> None:
         """Close both connections."""
@@ -205,6 +231,16 @@ class CounterSync(Worker):
             self._redis = None
 
     # -- hooks ------------------------------------------------------------
+
+    def upsert_excluded(
+        self, conn: psycopg.Connection[tuple[object, ...]], synced_at: datetime
+    ) -> int:
+        """Write the staged rows that `CounterTable.update_filter` kept out.
+
+        Runs inside the transaction, right after the upsert; returns the rows
+        written, which count as synced. The default writes none.
+        """
+        return 0
 
     def after_upsert(
         self, conn: psycopg.Connection[tuple[object, ...]], synced_at: datetime
@@ -244,10 +280,16 @@ class CounterSync(Worker):
         # Another process wrote since our last run (or we never ran): what we
         # remember may no longer be what the table holds.
         self.memory.forget()
-        columns = sql.SQL(", ").join(map(sql.Identifier, self.table.column_names()))
+        keys = [sql.Identifier(name) for name, _ in self.table.key_columns]
+        value: sql.Composable = sql.Identifier(self.table.value_column)
+        if self.table.remembered_value is not None:
+            value = sql.SQL(self.table.remembered_value)
         query = sql.SQL("SELECT {} FROM {}").format(
-            columns, sql.Identifier(self.table.name)
+            sql.SQL(", ").join([*keys, value]), sql.Identifier(self.table.name)
         )
+        if self.table.remembered_rows is not None:
+            condition = sql.SQL(self.table.remembered_rows)
+            query = sql.SQL("{} WHERE {}").format(query, condition)
         with conn.cursor(name=f"ferry_seed_{self.name.replace('-', '_')}") as cur:
             cur.itersize = SEED_BATCH_ROWS
             cur.execute(query)
@@ -264,7 +306,7 @@ class CounterSync(Worker):
         client: redis_store.Client,
         ctx: RunContext,
     ) -> Totals:
-        staging = sql.Identifier(f"{self.table.name}_staging")
+        staging = sql.Identifier(self.staging_table)
         definition = sql.SQL(", ").join(
             sql.SQL("{} {}").format(sql.Identifier(col), sql.SQL(kind))
             for col, kind in (
@@ -323,8 +365,11 @@ class CounterSync(Worker):
             table=sql.Identifier(self.table.name),
             keys=key_list,
             value=value,
-            staging=sql.Identifier(f"{self.table.name}_staging"),
+            staging=sql.Identifier(self.staging_table),
         )
+        if self.table.update_filter is not None:
+            condition = sql.SQL(self.table.update_filter)
+            query = sql.SQL("{} AND ({})").format(query, condition)
         cur = conn.execute(query, {"synced_at": synced_at})
         return max(cur.rowcount, 0)
 
