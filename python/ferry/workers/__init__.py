@@ -15,6 +15,7 @@ from ferry.runtime import Worker
 
 WORKERS: dict[str, str] = {
     "quota-sync": "ferry.workers.quota_sync",
+    "daily-rollup": "ferry.workers.daily_rollup",
 }
 
 
