@@ -9,6 +9,7 @@ mod error;
 mod integer;
 mod memory;
 mod pattern;
+mod remembered;
 mod repr;
 mod timestamp;
 

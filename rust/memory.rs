@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
-use foldhash::HashMap;
+use foldhash::fast::RandomState;
+use indexmap::IndexMap;
 
 use crate::copy::CopyWriter;
 use crate::integer::parse_counter;
 use crate::pattern::{Segment, Template};
+use crate::remembered::{KeyRef, Remembered};
 use crate::repr::{bytes_repr, key_text};
 
 /// Examples kept per page: enough to show an operator what kind of data is bad without
@@ -50,41 +52,25 @@ impl Page {
     }
 }
 
-/// State of a key that was written in an earlier, committed run.
-#[derive(Clone, Copy, Debug)]
-struct Slot {
-    value: i64,
-    pending: i64,
-    seen_run: u32,
-    pending_run: u32,
-}
-
-impl Slot {
-    fn new(value: i64) -> Self {
-        Slot {
-            value,
-            pending: 0,
-            seen_run: 0,
-            pending_run: 0,
-        }
-    }
-}
-
 /// Where a key met for the first time in the current run keeps its state.
 enum Claim<'m> {
-    Remembered(&'m mut Slot),
+    Remembered { value: i64, key: KeyRef },
     Fresh(&'m mut Option<i64>),
 }
 
 /// Remembered values per raw key, plus the keys seen and the writes pending in the current run.
 ///
-/// Per-run marks on remembered keys are run numbers, so starting a run costs nothing per key.
+/// Remembered keys carry the number of the run that last saw them, so starting a run costs
+/// nothing per key. Keys met for the first time wait in `fresh` until the run commits; it
+/// keeps them in the order met, so the arena lays keys out in SCAN order and later walks,
+/// which SCAN returns in the same order while the keyspace is stable, read it front to back.
 #[derive(Debug)]
 pub struct Memory {
     template: Arc<Template>,
     fields: i16,
-    remembered: HashMap<Box<[u8]>, Slot>,
-    fresh: HashMap<Box<[u8]>, Option<i64>>,
+    remembered: Remembered,
+    pending: Vec<(KeyRef, i64)>,
+    fresh: IndexMap<Box<[u8]>, Option<i64>, RandomState>,
     run: u32,
 }
 
@@ -96,8 +82,9 @@ impl Memory {
         Memory {
             template,
             fields,
-            remembered: HashMap::default(),
-            fresh: HashMap::default(),
+            remembered: Remembered::default(),
+            pending: Vec::new(),
+            fresh: IndexMap::default(),
             run: 1,
         }
     }
@@ -115,6 +102,7 @@ impl Memory {
     /// Starts a run: forgets which keys were seen and drops the writes not committed.
     pub fn begin_run(&mut self) {
         self.fresh.clear();
+        self.pending.clear();
         self.advance_run();
     }
 
@@ -132,7 +120,6 @@ impl Memory {
 
             // A key counts as seen even when its value turns out invalid, so that the absent
             // pass of a complete walk never zeroes a row only because its value was bad.
-            let run = self.run;
             let Some(claim) = self.claim(key) else {
                 page.counts.duplicates += 1;
                 continue;
@@ -148,14 +135,11 @@ impl Memory {
                 continue;
             };
             match claim {
-                Claim::Remembered(slot) if slot.value == parsed => {
+                Claim::Remembered { value, .. } if value == parsed => {
                     page.counts.unchanged += 1;
                     continue;
                 }
-                Claim::Remembered(slot) => {
-                    slot.pending = parsed;
-                    slot.pending_run = run;
-                }
+                Claim::Remembered { key, .. } => self.pending.push((key, parsed)),
                 Claim::Fresh(pending) => *pending = Some(parsed),
             }
             write_row(&mut page.copy, self.fields, &segments, parsed);
@@ -171,13 +155,12 @@ impl Memory {
         let mut page = Page::default();
         let mut segments = Vec::with_capacity(self.template.names().len());
         let run = self.run;
-        for (key, slot) in &mut self.remembered {
-            if slot.seen_run == run || slot.value == 0 {
+        for (key, entry) in self.remembered.iter_mut() {
+            if entry.seen_run == run || entry.value == 0 {
                 continue;
             }
-            slot.seen_run = run;
-            slot.pending = 0;
-            slot.pending_run = run;
+            entry.seen_run = run;
+            self.pending.push((entry.key_ref(), 0));
             if self.template.parse(key, &mut segments) {
                 write_row(&mut page.copy, self.fields, &segments, 0);
                 page.counts.rows += 1;
@@ -192,15 +175,21 @@ impl Memory {
 
     /// Makes the run's pending writes the remembered values and ends the run.
     pub fn commit_run(&mut self) {
-        let run = self.run;
-        for slot in self.remembered.values_mut() {
-            if slot.pending_run == run {
-                slot.value = slot.pending;
-            }
+        for (key, value) in std::mem::take(&mut self.pending) {
+            self.remembered.set_value(key, value);
         }
-        for (key, pending) in std::mem::take(&mut self.fresh) {
+
+        let fresh = std::mem::take(&mut self.fresh);
+        let (count, bytes) = fresh
+            .iter()
+            .filter(|(_, pending)| pending.is_some())
+            .fold((0, 0), |(count, bytes), (key, _)| {
+                (count + 1, bytes + key.len())
+            });
+        self.remembered.reserve(count, bytes);
+        for (key, pending) in fresh {
             if let Some(value) = pending {
-                self.remembered.insert(key, Slot::new(value));
+                self.remembered.insert_new(&key, value);
             }
         }
         self.advance_run();
@@ -208,44 +197,49 @@ impl Memory {
 
     /// Drops every remembered value and the state of the current run.
     pub fn forget(&mut self) {
-        self.remembered = HashMap::default();
-        self.fresh = HashMap::default();
+        self.remembered = Remembered::default();
+        self.pending = Vec::new();
+        self.fresh = IndexMap::default();
         self.advance_run();
     }
 
     /// Remembers `value` as last written for `key`, replacing what was remembered. What the
     /// current run did with the key (seen it, a pending write) is kept.
-    pub fn seed(&mut self, key: Vec<u8>, value: i64) {
-        if let Some(slot) = self.remembered.get_mut(key.as_slice()) {
-            slot.value = value;
+    pub fn seed(&mut self, key: &[u8], value: i64) {
+        if let Some(entry) = self.remembered.get_mut(key) {
+            entry.value = value;
             return;
         }
-        let mut slot = Slot::new(value);
-        if let Some(pending) = self.fresh.remove(key.as_slice()) {
-            slot.seen_run = self.run;
+        let fresh = self.fresh.swap_remove(key);
+        let run = self.run;
+        let entry = self.remembered.insert_new(key, value);
+        if let Some(pending) = fresh {
+            entry.seen_run = run;
+            let key = entry.key_ref();
             if let Some(pending) = pending {
-                slot.pending = pending;
-                slot.pending_run = self.run;
+                self.pending.push((key, pending));
             }
         }
-        self.remembered.insert(key.into_boxed_slice(), slot);
     }
 
     /// The value remembered for `key`, if any.
     #[cfg(test)]
-    pub fn remembered(&self, key: &[u8]) -> Option<i64> {
-        self.remembered.get(key).map(|slot| slot.value)
+    pub fn remembered(&mut self, key: &[u8]) -> Option<i64> {
+        self.remembered.get_mut(key).map(|entry| entry.value)
     }
 
     /// Marks `key` as seen in this run and returns where its state lives, or `None` when the
     /// run has seen it already.
     fn claim(&mut self, key: &[u8]) -> Option<Claim<'_>> {
-        if let Some(slot) = self.remembered.get_mut(key) {
-            if slot.seen_run == self.run {
+        if let Some(entry) = self.remembered.get_mut(key) {
+            if entry.seen_run == self.run {
                 return None;
             }
-            slot.seen_run = self.run;
-            return Some(Claim::Remembered(slot));
+            entry.seen_run = self.run;
+            return Some(Claim::Remembered {
+                value: entry.value,
+                key: entry.key_ref(),
+            });
         }
         if self.fresh.contains_key(key) {
             return None;
@@ -257,9 +251,8 @@ impl Memory {
         self.run = self.run.wrapping_add(1);
         if self.run == 0 {
             // After 2^32 runs the numbers wrap; clear every mark so none looks current.
-            for slot in self.remembered.values_mut() {
-                slot.seen_run = 0;
-                slot.pending_run = 0;
+            for entry in self.remembered.entries_mut() {
+                entry.seen_run = 0;
             }
             self.run = 1;
         }
@@ -382,7 +375,7 @@ mod tests {
     #[test]
     fn writes_changed_values_and_remembers_them_only_on_commit() {
         let mut memory = memory();
-        memory.seed(b"quota:a:up".to_vec(), 3);
+        memory.seed(b"quota:a:up", 3);
         memory.begin_run();
         let page = memory.encode_page(&[(b"quota:a:up", Some(b"5"))]);
         assert_eq!(page.copy.as_bytes(), row("a", "up", 5));
@@ -399,7 +392,7 @@ mod tests {
     #[test]
     fn invalid_values_keep_the_memory_and_count_as_seen() {
         let mut memory = memory();
-        memory.seed(b"quota:a:up".to_vec(), 7);
+        memory.seed(b"quota:a:up", 7);
         memory.begin_run();
         let page = memory.encode_page(&[(b"quota:a:up", Some(b"-0")), (b"quota:n:up", Some(b"x"))]);
         assert_eq!(counts(&page), [0, 2, 0, 0, 0, 0]);
@@ -413,9 +406,9 @@ mod tests {
     #[test]
     fn absent_pass_zeroes_unseen_non_zero_keys_once() {
         let mut memory = memory();
-        memory.seed(b"quota:gone:up".to_vec(), 9);
-        memory.seed(b"quota:zero:up".to_vec(), 0);
-        memory.seed(b"quota:kept:up".to_vec(), 2);
+        memory.seed(b"quota:gone:up", 9);
+        memory.seed(b"quota:zero:up", 0);
+        memory.seed(b"quota:kept:up", 2);
         memory.begin_run();
         memory.encode_page(&[(b"quota:kept:up", Some(b"2"))]);
 
@@ -446,7 +439,7 @@ mod tests {
     #[test]
     fn forget_drops_everything() {
         let mut memory = memory();
-        memory.seed(b"quota:a:up".to_vec(), 1);
+        memory.seed(b"quota:a:up", 1);
         memory.begin_run();
         memory.encode_page(&[(b"quota:b:up", Some(b"2"))]);
         memory.forget();
@@ -462,8 +455,8 @@ mod tests {
         let mut memory = memory();
         memory.begin_run();
         memory.encode_page(&[(b"quota:a:up", Some(b"5")), (b"quota:b:up", Some(b"x"))]);
-        memory.seed(b"quota:a:up".to_vec(), 1);
-        memory.seed(b"quota:b:up".to_vec(), 2);
+        memory.seed(b"quota:a:up", 1);
+        memory.seed(b"quota:b:up", 2);
         assert_eq!(memory.encode_absent().counts.rows, 0);
         memory.commit_run();
         assert_eq!(memory.remembered(b"quota:a:up"), Some(5));
@@ -473,7 +466,7 @@ mod tests {
     #[test]
     fn survives_run_number_wrap() {
         let mut memory = memory();
-        memory.seed(b"quota:a:up".to_vec(), 1);
+        memory.seed(b"quota:a:up", 1);
         memory.run = u32::MAX;
         memory.encode_page(&[(b"quota:a:up", Some(b"1"))]);
         memory.begin_run();

@@ -151,11 +151,15 @@ impl Template {
 
     /// Splits `key` into its named segments, appended to `out` after clearing it.
     ///
-    /// Returns false, leaving `out` in an unspecified state, when the key is malformed: a
-    /// different number of segments, a literal that differs, an empty segment, a segment that
-    /// is not UTF-8 or holds a NUL byte, or a date that is not a real `YYYY-MM-DD` date.
+    /// Returns false, leaving `out` in an unspecified state, when the key is malformed: longer
+    /// than 1 GiB (more than Postgres stores in a row), a different number of segments, a
+    /// literal that differs, an empty segment, a segment that is not UTF-8 or holds a NUL
+    /// byte, or a date that is not a real `YYYY-MM-DD` date.
     pub fn parse<'k>(&self, key: &'k [u8], out: &mut Vec<Segment<'k>>) -> bool {
         out.clear();
+        if key.len() > MAX_FIELD_BYTES {
+            return false;
+        }
         let mut pieces = key.split(|&byte| byte == SEPARATOR);
         for part in &self.parts {
             let Some(piece) = pieces.next() else {

@@ -182,7 +182,7 @@ impl CounterSync {
         // Seed only once every row has been read, so a bad row leaves the memory untouched.
         let count = seeded.len();
         for (key, value) in seeded {
-            self.memory.seed(key, value);
+            self.memory.seed(&key, value);
         }
         Ok(count)
     }
