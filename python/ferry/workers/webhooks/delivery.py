@@ -143,7 +143,7 @@ async def attempt(
         duration_ms=round((time.monotonic() - started) * 1000),
         status_code=status,
         error=error,
-        excerpt=_excerpt(received) if response is not None else None,
+        excerpt=response_excerpt(received) if response is not None else None,
         retry_after_s=retry_after,
         detail=detail,
     )
@@ -162,8 +162,12 @@ async def _read_capped(
     return False
 
 
-def _excerpt(body: bytearray) -> str:
-    # Postgres text cannot hold NUL, and the body may be any bytes at all.
+def response_excerpt(body: bytearray) -> str:
+    """The first EXCERPT_CHARS characters of `body`, fit for a text column.
+
+    Bytes that are not UTF-8 and NUL (which Postgres text cannot hold)
+    become U+FFFD.
+    """
     text = bytes(body[: EXCERPT_CHARS * 4]).decode("utf-8", "replace")
     return text[:EXCERPT_CHARS].replace("\x00", "\ufffd")
 

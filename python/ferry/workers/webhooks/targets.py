@@ -82,6 +82,10 @@ def refusal(address: Address) -> str | None:
         ("unspecified", address.is_unspecified),
         ("loopback", address.is_loopback),
         ("link_local", address.is_link_local),
+        (
+            "site_local",
+            isinstance(address, ipaddress.IPv6Address) and address.is_site_local,
+        ),
         ("multicast", address.is_multicast),
         ("shared", address in SHARED_NETWORK),
         ("private", address.is_private),
@@ -106,9 +110,10 @@ def _ipv6_refusal(address: ipaddress.IPv6Address) -> str | None:
     reason = refusal(inner)
     if reason is not None:
         return reason
-    # Mapped, translated and compatible forms are the IPv4 host itself; 6to4
-    # and NAT64 ones are then judged as the IPv6 addresses they are.
-    if address.sixtofour is not None or address in NAT64_NETWORK:
+    # Mapped, translated, compatible and NAT64 forms reach the IPv4 host
+    # itself (NAT64 is how IPv6-only hosts reach IPv4 receivers); a 6to4
+    # address is then judged as the IPv6 address it is.
+    if address.sixtofour is not None:
         return "judge"
     return None
 
