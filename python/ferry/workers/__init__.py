@@ -16,6 +16,8 @@ from ferry.runtime import Worker
 WORKERS: dict[str, str] = {
     "quota-sync": "ferry.workers.quota_sync",
     "daily-rollup": "ferry.workers.daily_rollup",
+    "webhooks": "ferry.workers.webhooks",
+    "audit": "ferry.workers.audit",
 }
 
 
