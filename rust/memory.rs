@@ -89,11 +89,6 @@ impl Memory {
         }
     }
 
-    /// The template the keys follow.
-    pub fn template(&self) -> &Template {
-        &self.template
-    }
-
     /// Number of remembered keys.
     pub fn len(&self) -> usize {
         self.remembered.len()

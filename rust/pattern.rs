@@ -2,12 +2,17 @@
 //! Redis keys into typed segments, and formatting segments back into keys.
 
 use crate::calendar::Date;
-use crate::copy::MAX_FIELD_BYTES;
 use crate::error::{CoreError, CoreResult};
 use crate::repr::str_repr;
 
 /// Separator between the segments of a key and of a template.
 pub const SEPARATOR: u8 = b':';
+
+/// Longest key that parses. A row's key columns come from its key, and a Postgres B-tree
+/// index entry holds at most 2704 bytes, so a key much longer than this could never be
+/// upserted: it would fail the whole batch ("index row size exceeds maximum"). Counter keys
+/// are short by design; 2048 bytes leaves room for the index entry's own overhead.
+pub const MAX_KEY_BYTES: usize = 2048;
 
 /// Most named segments a template may have: a Postgres table holds at most 1600 columns, and
 /// each row carries the value after the segments.
@@ -152,12 +157,12 @@ impl Template {
     /// Splits `key` into its named segments, appended to `out` after clearing it.
     ///
     /// Returns false, leaving `out` in an unspecified state, when the key is malformed: longer
-    /// than 1 GiB (more than Postgres stores in a row), a different number of segments, a
+    /// than [`MAX_KEY_BYTES`], a different number of segments, a
     /// literal that differs, an empty segment, a segment that is not UTF-8 or holds a NUL
     /// byte, or a date that is not a real `YYYY-MM-DD` date.
     pub fn parse<'k>(&self, key: &'k [u8], out: &mut Vec<Segment<'k>>) -> bool {
         out.clear();
-        if key.len() > MAX_FIELD_BYTES {
+        if key.len() > MAX_KEY_BYTES {
             return false;
         }
         let mut pieces = key.split(|&byte| byte == SEPARATOR);
@@ -195,7 +200,7 @@ impl Template {
     /// Formats segments into the key that [`Template::parse`] reads back as the same values.
     ///
     /// Raises [`CoreError::Argument`] on a wrong number of segments, a segment of the wrong
-    /// type, or text that is empty or holds `:` or NUL.
+    /// type, text that is empty or holds `:` or NUL, or a key longer than [`MAX_KEY_BYTES`].
     pub fn format(&self, segments: &[Segment<'_>]) -> CoreResult<Vec<u8>> {
         self.check_arity(segments.len())?;
         let mut key = Vec::with_capacity(self.source.len() + 16);
@@ -223,13 +228,19 @@ impl Template {
                 }
             }
         }
+        if key.len() > MAX_KEY_BYTES {
+            return Err(CoreError::argument(format!(
+                "key would be {} bytes; keys are at most {MAX_KEY_BYTES}",
+                key.len()
+            )));
+        }
         Ok(key)
     }
 }
 
 /// Reads one named segment of a key; `None` when it is malformed.
 fn parse_segment(piece: &[u8], kind: Kind) -> Option<Segment<'_>> {
-    if piece.is_empty() || piece.len() > MAX_FIELD_BYTES || piece.contains(&0) {
+    if piece.is_empty() || piece.contains(&0) {
         return None;
     }
     match kind {
@@ -245,8 +256,6 @@ fn check_text_segment(name: &str, text: &str) -> CoreResult<()> {
         "must not contain ':'"
     } else if text.contains('\0') {
         "must not contain a NUL character"
-    } else if text.len() > MAX_FIELD_BYTES {
-        "must be at most 1 GiB"
     } else {
         return Ok(());
     };
@@ -474,6 +483,25 @@ mod tests {
         ] {
             assert_eq!(parsed(&usage, key), None, "{key:?}");
         }
+    }
+
+    #[test]
+    fn refuses_keys_too_long_to_index() {
+        let quota = compile("quota:{account}:{metric}");
+        let longest = format!("quota:{}:m", "a".repeat(MAX_KEY_BYTES - 8));
+        assert_eq!(longest.len(), MAX_KEY_BYTES);
+        assert!(parsed(&quota, longest.as_bytes()).is_some());
+        let longer = format!("quota:{}:m", "a".repeat(MAX_KEY_BYTES - 7));
+        assert_eq!(parsed(&quota, longer.as_bytes()), None);
+
+        let account = "a".repeat(MAX_KEY_BYTES);
+        assert_eq!(
+            quota
+                .format(&[Segment::Text(&account), Segment::Text("m")])
+                .unwrap_err()
+                .to_string(),
+            "key would be 2056 bytes; keys are at most 2048"
+        );
     }
 
     #[test]

@@ -60,12 +60,13 @@ impl Remembered {
 
     /// Adds `key`, which must not be remembered yet, and returns its entry.
     ///
-    /// Keys are at most 1 GiB (templates refuse longer ones), so their length fits in u32.
+    /// Keys are at most `MAX_KEY_BYTES` (templates refuse longer ones), so their length fits
+    /// in u32.
     pub fn insert_new(&mut self, key: &[u8], value: i64) -> &mut Entry {
         let hash = self.hasher.hash_one(key);
         let entry = Entry {
             start: self.arena.len(),
-            len: u32::try_from(key.len()).expect("templates refuse keys longer than 1 GiB"),
+            len: u32::try_from(key.len()).expect("templates refuse keys longer than MAX_KEY_BYTES"),
             seen_run: 0,
             value,
         };

@@ -38,7 +38,13 @@ class KeyPattern:
         """The SCAN MATCH glob for the template's keys, such as "quota:*"."""
 
     def parse(self, key: bytes) -> tuple[str | datetime.date, ...] | None:
-        """The named segments of `key`, or None when the key is malformed."""
+        """The named segments of `key`, or None when the key is malformed.
+
+        Malformed: a different number of ':'-separated segments, a literal that
+        differs, an empty segment, bytes that are not UTF-8 or hold NUL, a date
+        that is not a real YYYY-MM-DD date, or more than 2048 bytes in all
+        (Postgres could not index its columns).
+        """
 
     def format(self, segments: Sequence[str | datetime.date]) -> bytes:
         """The key for `segments`; ValueError on a wrong arity, type or value."""
@@ -81,7 +87,11 @@ class PageResult:
 
 @final
 class CounterSync:
-    """Encodes MGET pages into COPY rows and remembers what was last written."""
+    """Encodes MGET pages into COPY rows and remembers what was last written.
+
+    Safe to share between threads: calls wait for each other, and pages are
+    encoded with the GIL released.
+    """
 
     def __init__(self, pattern: KeyPattern) -> None:
         """A sync with no memory for keys of `pattern`."""
@@ -110,12 +120,14 @@ class CounterSync:
     def seed(self, rows: Iterable[Sequence[object]]) -> int:
         """Remember rows read from Postgres, each (*segments, value).
 
-        Returns the number of rows seeded; ValueError on a row of the wrong
-        shape, and then nothing is seeded.
+        Returns the number of rows remembered. Rows no key could produce (text
+        that is empty or holds ':' or NUL, a key over 2048 bytes) are skipped.
+        ValueError on a row of the wrong shape or type, and then nothing is
+        seeded.
         """
 
     def __len__(self) -> int:
-        """Number of remembered keys."""
+        """Remembered keys as of the last call that finished; never waits."""
 
 @final
 class AuditBatch:

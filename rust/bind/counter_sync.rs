@@ -1,5 +1,8 @@
 //! `CounterSync` and `PageResult`: the memory of a counter sync and the pages it encodes.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -7,6 +10,7 @@ use crate::bind::convert::{borrow_bytes, items, segment_from_py, type_name};
 use crate::bind::key_pattern::KeyPattern;
 use crate::error::{CoreError, CoreResult};
 use crate::memory::{Memory, Page};
+use crate::pattern::Template;
 
 /// Binary COPY tuples for one page of counters, with what happened to its keys.
 #[pyclass(frozen, module = "ferry._core", name = "PageResult")]
@@ -71,9 +75,42 @@ impl PageResult {
 }
 
 /// Encodes `MGET` pages into COPY rows and remembers what was last written for each key.
-#[pyclass(module = "ferry._core", name = "CounterSync")]
+///
+/// The memory sits behind a mutex rather than PyO3's borrow flag: pages are encoded with the
+/// GIL released, and another thread (the runner's heartbeat reading `len()`) must then wait
+/// or read the last known size, not fail with "Already mutably borrowed".
+#[pyclass(frozen, module = "ferry._core", name = "CounterSync")]
 pub struct CounterSync {
-    memory: Memory,
+    template: Arc<Template>,
+    memory: Mutex<Memory>,
+    remembered: AtomicUsize,
+}
+
+impl CounterSync {
+    /// Runs `work` on the memory with the GIL released and the lock held, then publishes the
+    /// number of remembered keys for `__len__`.
+    fn with_memory<T, F>(&self, py: Python<'_>, work: F) -> T
+    where
+        T: Send,
+        F: Send + FnOnce(&mut Memory) -> T,
+    {
+        py.detach(|| {
+            let mut memory = match self.memory.lock() {
+                Ok(memory) => memory,
+                Err(poisoned) => {
+                    // A panic left the memory half-updated. Forgetting it costs one run that
+                    // rewrites every row, and is always correct.
+                    let mut memory = poisoned.into_inner();
+                    memory.forget();
+                    self.memory.clear_poison();
+                    memory
+                }
+            };
+            let result = work(&mut memory);
+            self.remembered.store(memory.len(), Ordering::Relaxed);
+            result
+        })
+    }
 }
 
 #[pymethods]
@@ -81,21 +118,24 @@ impl CounterSync {
     /// A sync with no memory for keys of `pattern`.
     #[new]
     fn new(pattern: &Bound<'_, KeyPattern>) -> Self {
+        let template = pattern.get().template_arc();
         CounterSync {
-            memory: Memory::new(pattern.get().template_arc()),
+            memory: Mutex::new(Memory::new(Arc::clone(&template))),
+            template,
+            remembered: AtomicUsize::new(0),
         }
     }
 
     /// Starts a run: clears the keys seen and the writes pending.
-    fn begin_run(&mut self) {
-        self.memory.begin_run();
+    fn begin_run(&self, py: Python<'_>) {
+        self.with_memory(py, Memory::begin_run);
     }
 
     /// Encodes one SCAN page (`keys`) and its MGET reply (`values`) into rows for the keys
     /// whose value changed. Raises ValueError when the lengths differ or an item is not
     /// bytes (or None, for a value).
     fn encode_page(
-        &mut self,
+        &self,
         py: Python<'_>,
         keys: &Bound<'_, PyAny>,
         values: &Bound<'_, PyAny>,
@@ -125,36 +165,35 @@ impl CounterSync {
             pairs.push((key, value));
         }
 
-        // The bytes objects stay alive and immutable in `keys` and `values`, so other Python
-        // threads can run while the page is encoded.
-        let memory = &mut self.memory;
-        let page = py.detach(|| memory.encode_page(&pairs));
+        // The bytes objects stay alive and immutable in `keys` and `values` while the GIL is
+        // released, so the borrowed slices stay valid.
+        let page = self.with_memory(py, |memory| memory.encode_page(&pairs));
         Ok(PageResult::from_page(py, page))
     }
 
     /// After a complete walk: rows of value 0 for remembered non-zero keys the run did not see.
-    fn encode_absent(&mut self, py: Python<'_>) -> PageResult {
-        let memory = &mut self.memory;
-        let page = py.detach(|| memory.encode_absent());
+    fn encode_absent(&self, py: Python<'_>) -> PageResult {
+        let page = self.with_memory(py, Memory::encode_absent);
         PageResult::from_page(py, page)
     }
 
     /// Makes the run's pending writes the remembered values; clears the run's state.
-    fn commit_run(&mut self) {
-        self.memory.commit_run();
+    fn commit_run(&self, py: Python<'_>) {
+        self.with_memory(py, Memory::commit_run);
     }
 
     /// Drops all memory and run state; the caller reseeds after a failed run.
-    fn forget(&mut self) {
-        self.memory.forget();
+    fn forget(&self, py: Python<'_>) {
+        self.with_memory(py, Memory::forget);
     }
 
-    /// Remembers rows read from Postgres, each `(*segments, value)`; returns how many.
-    /// Raises ValueError on a row of the wrong shape or type.
-    fn seed(&mut self, rows: &Bound<'_, PyAny>) -> CoreResult<usize> {
-        let template = self.memory.template();
-        let names = template.names();
-        let kinds = template.kinds();
+    /// Remembers rows read from Postgres, each `(*segments, value)`, and returns how many were
+    /// remembered. Rows that no key could produce (text that is empty or holds ':' or NUL, or
+    /// a key too long) are skipped: no key will ever match them. Raises ValueError on a row
+    /// of the wrong shape or type, and then remembers none of the rows.
+    fn seed(&self, py: Python<'_>, rows: &Bound<'_, PyAny>) -> CoreResult<usize> {
+        let names = self.template.names();
+        let kinds = self.template.kinds();
         let mut seeded = Vec::new();
         for (index, row) in rows.try_iter()?.enumerate() {
             let row = row?;
@@ -176,19 +215,23 @@ impl CounterSync {
                     type_name(value)
                 ))
             })?;
-            seeded.push((template.format(&segments)?, value));
+            if let Ok(key) = self.template.format(&segments) {
+                seeded.push((key, value));
+            }
         }
 
         // Seed only once every row has been read, so a bad row leaves the memory untouched.
-        let count = seeded.len();
-        for (key, value) in seeded {
-            self.memory.seed(&key, value);
-        }
-        Ok(count)
+        Ok(self.with_memory(py, |memory| {
+            for (key, value) in &seeded {
+                memory.seed(key, *value);
+            }
+            seeded.len()
+        }))
     }
 
+    /// Number of remembered keys, as of the last call that finished; never waits.
     fn __len__(&self) -> usize {
-        self.memory.len()
+        self.remembered.load(Ordering::Relaxed)
     }
 }
 

@@ -21,6 +21,7 @@ I64_MAX = 2**63 - 1
 PG_EPOCH = datetime.date(2000, 1, 1)
 MAX_EXAMPLES = 5
 MAX_REPR_CHARS = 60
+MAX_KEY_BYTES = 2048
 
 _INTEGER = re.compile(rb"0|-?[1-9][0-9]*")
 _DATE = re.compile(rb"([0-9]{4})-([0-9]{2})-([0-9]{2})")
@@ -58,6 +59,8 @@ class Template:
 
     def parse(self, key: bytes) -> tuple[Segment, ...] | None:
         """The named segments of `key`, or None when it is malformed."""
+        if len(key) > MAX_KEY_BYTES:
+            return None
         pieces = key.split(b":")
         if len(pieces) != len(self.parts):
             return None
@@ -259,11 +262,13 @@ class ReferenceSync:
         self.begin_run()
 
     def seed(self, rows: Iterable[Sequence[object]]) -> int:
-        """Remember (*segments, value) rows of valid segments."""
+        """Remember well-typed (*segments, value) rows that a key could produce."""
         count = 0
         for row in rows:
             *segments, value = row
             key = self.template.format(cast("list[Segment]", segments))
+            if self.template.parse(key) is None:
+                continue
             self.remembered[key] = cast(int, value)
             count += 1
         return count

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import struct
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -184,13 +185,52 @@ def test_seed_reads_postgres_rows_and_refuses_bad_shapes() -> None:
             "seed row 0 must end with an int within 64 bits, got int",
         ),
         ([("2026-03-05", "a", "m", 1)], "segment day must be datetime.date, got str"),
-        ([(day, "a:b", "m", 1)], "segment account must not contain ':', got 'a:b'"),
     ]
     for rows, message in bad_rows:
         with pytest.raises(ValueError) as info:
             sync.seed(rows)
         assert str(info.value) == message
     assert len(sync) == 2
+
+
+def test_seed_skips_rows_no_key_could_produce() -> None:
+    sync = new_sync()
+    rows = [("a:b", "m", 1), ("", "m", 1), ("a\0", "m", 1), ("x" * 2048, "m", 1)]
+    assert sync.seed([*rows, ("good", "m", 3)]) == 1
+    assert len(sync) == 1
+    sync.begin_run()
+    assert sync.encode_page([b"quota:good:m"], [b"3"]).unchanged == 1
+
+
+def test_len_never_fails_while_another_thread_encodes() -> None:
+    sync = new_sync()
+    keys = [f"quota:a{i}:m".encode() for i in range(200_000)]
+    values: list[bytes | None] = [b"1"] * len(keys)
+    sizes: list[int] = []
+    errors: list[Exception] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                sizes.append(len(sync))
+            except RuntimeError as exc:
+                errors.append(exc)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(3):
+            sync.begin_run()
+            sync.encode_page(keys, values)
+            sync.commit_run()
+    finally:
+        stop.set()
+        watcher.join()
+    assert errors == []
+    assert sizes
+    assert len(sync) == len(keys)
+    assert set(sizes) <= {0, len(keys)}
 
 
 def test_seed_with_a_bad_row_seeds_nothing() -> None:

@@ -93,6 +93,16 @@ def test_malformed_quota_keys_parse_to_none(key: bytes) -> None:
     assert QUOTA_PATTERN.parse(key) is None
 
 
+def test_keys_longer_than_2048_bytes_are_malformed() -> None:
+    longest = b"quota:" + b"a" * 2040 + b":m"
+    assert len(longest) == 2048
+    assert QUOTA_PATTERN.parse(longest) == ("a" * 2040, "m")
+    assert QUOTA_PATTERN.parse(b"quota:" + b"a" * 2041 + b":m") is None
+    with pytest.raises(ValueError) as info:
+        QUOTA_PATTERN.format(("a" * 2041, "m"))
+    assert str(info.value) == "key would be 2049 bytes; keys are at most 2048"
+
+
 @pytest.mark.parametrize(
     "day",
     [b"2026-02-30", b"2025-02-29", b"0000-01-01", b"2026-1-01", b"20260101", b"x"],
