@@ -4,6 +4,17 @@ import datetime
 from collections.abc import Iterable, Sequence
 from typing import final
 
+__all__ = [
+    "COPY_HEADER",
+    "COPY_TRAILER",
+    "AuditBatch",
+    "CounterSync",
+    "KeyPattern",
+    "PageResult",
+    "encode_audit",
+    "parse_int",
+]
+
 COPY_HEADER: bytes
 """Start of a binary COPY stream: signature, flags and header extension (19 bytes)."""
 
@@ -22,7 +33,7 @@ def parse_int(value: bytes | None, /) -> int | None:
 class KeyPattern:
     """A key template such as "usage:{day:date}:{account}:{metric}"."""
 
-    def __init__(self, template: str) -> None:
+    def __new__(cls, template: str) -> KeyPattern:
         """Compile the template; ValueError names the problem when it is malformed."""
 
     @property
@@ -93,7 +104,7 @@ class CounterSync:
     encoded with the GIL released.
     """
 
-    def __init__(self, pattern: KeyPattern) -> None:
+    def __new__(cls, pattern: KeyPattern) -> CounterSync:
         """A sync with no memory for keys of `pattern`."""
 
     def begin_run(self) -> None:
