@@ -1,0 +1,173 @@
+"""Audit batches into Postgres: COPY into staging, one insert, dead letters.
+
+A batch is written in one transaction: its good entries are copied (binary
+COPY, encoded by the Rust core) into a temporary table dropped at commit,
+which keeps nothing across transactions for a pooler to lose, then inserted
+into `audit_log` with `ON CONFLICT (stream_id) DO NOTHING`, so an entry
+delivered again after a crash is not stored twice. Its dead letters are
+written in the same transaction.
+
+Should Postgres refuse the batch over one row's data (something the core let
+through), the batch is split in halves, each written on its own, down to the
+single entry that is refused; that one becomes a dead letter with Postgres's
+reason. The rest of the batch lands.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import psycopg
+
+from ferry import _core
+from ferry.stores.postgres import first_line
+from ferry.workers.audit.stream import Entry
+
+# (stream id, raw fields as JSON object text, reason)
+DeadLetter = tuple[bytes, str, str]
+Conn = psycopg.Connection[tuple[object, ...]]
+
+logger = logging.getLogger("ferry.workers.audit")
+
+STAGING_SQL = """
+CREATE TEMP TABLE audit_log_staging (
+    stream_id text, actor_id text, action text, target_type text,
+    target_id text, ip inet, occurred_at timestamptz, metadata jsonb
+) ON COMMIT DROP
+"""
+COPY_SQL = "COPY audit_log_staging FROM STDIN (FORMAT BINARY)"
+INSERT_SQL = """
+INSERT INTO audit_log (stream_id, actor_id, action, target_type, target_id,
+    ip, occurred_at, metadata)
+SELECT stream_id, actor_id, action, target_type, target_id,
+    ip, occurred_at, metadata
+FROM audit_log_staging
+ON CONFLICT (stream_id) DO NOTHING
+"""
+DEAD_LETTER_SQL = """
+INSERT INTO audit_dead_letters (stream_id, fields, reason)
+VALUES (%s, %s::jsonb, %s)
+ON CONFLICT (stream_id) DO NOTHING
+"""
+
+# Errors about a row's data, which splitting the batch can pin on one entry;
+# any other error (a lost connection, a full disk) fails the whole batch.
+ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
+
+
+@dataclass
+class Written:
+    """What a batch left in Postgres."""
+
+    stored: int = 0
+    duplicates: int = 0
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+def write_batch(
+    conn: Conn, entries: Sequence[Entry], dead: list[DeadLetter]
+) -> Written:
+    """Write `entries` and the dead letters `dead`, committed when it returns.
+
+    Malformed entries (as the core judges them) join `dead`. Raises
+    `psycopg.Error` for anything but a row Postgres refuses; then nothing of
+    the batch is committed, except the halves already written while a
+    refused row was being looked for.
+    """
+    written = Written()
+    _write(conn, entries, dead, written)
+    return written
+
+
+def raw_fields_json(fields: dict[bytes, bytes]) -> str:
+    """Fields as JSON object text in the form the core gives dead letters.
+
+    Names and values that are not UTF-8 or hold NUL are base64: a value as
+    {"base64": "..."}, a name as "base64:...".
+    """
+    shown: dict[str, object] = {}
+    for name, value in fields.items():
+        text_name = _storable(name)
+        key = text_name if text_name is not None else "base64:" + _b64(name)
+        text_value = _storable(value)
+        shown[key] = text_value if text_value is not None else {"base64": _b64(value)}
+    return json.dumps(shown, ensure_ascii=False, separators=(",", ":"))
+
+
+def _write(
+    conn: Conn, entries: Sequence[Entry], dead: list[DeadLetter], written: Written
+) -> None:
+    batch = _core.encode_audit(entries)
+    letters = [*dead, *batch.dead]
+    try:
+        with conn.transaction():
+            stored = _insert(conn, batch.copy_data, batch.rows)
+            _insert_dead(conn, letters)
+    except ROW_ERRORS as exc:
+        if len(entries) <= 1:
+            _refused(conn, entries, dead, exc, written)
+            return
+        half = len(entries) // 2
+        logger.debug("batch_split entries=%d error=%s", len(entries), first_line(exc))
+        _write(conn, entries[:half], dead, written)
+        _write(conn, entries[half:], [], written)
+        return
+    written.stored += stored
+    written.duplicates += batch.rows - stored
+    written.dead.extend(letters)
+
+
+def _refused(
+    conn: Conn,
+    entries: Sequence[Entry],
+    dead: list[DeadLetter],
+    exc: psycopg.Error,
+    written: Written,
+) -> None:
+    letters = list(dead)
+    for entry_id, fields in entries:
+        reason = f"postgres refused the entry: {first_line(exc)}"
+        letters.append((entry_id, raw_fields_json(fields or {}), reason))
+    with conn.transaction():
+        _insert_dead(conn, letters)
+    written.dead.extend(letters)
+
+
+def _insert(conn: Conn, copy_data: bytes, rows: int) -> int:
+    if rows == 0:
+        return 0
+    conn.execute(STAGING_SQL)
+    with conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
+        copy.write(_core.COPY_HEADER)
+        copy.write(copy_data)
+        copy.write(_core.COPY_TRAILER)
+    return max(conn.execute(INSERT_SQL).rowcount, 0)
+
+
+def _insert_dead(conn: Conn, letters: list[DeadLetter]) -> None:
+    if not letters:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            DEAD_LETTER_SQL,
+            [
+                (entry_id.decode("ascii"), fields, reason)
+                for entry_id, fields, reason in letters
+            ],
+        )
+
+
+def _storable(raw: bytes) -> str | None:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if "\0" in text else text
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
