@@ -130,7 +130,9 @@ class Receiver:
         try:
             while await self._one_request(reader, writer):
                 pass
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            # A client that went away, or the receiver stopping: either ends
+            # the connection, and neither is the test's business.
             pass
         finally:
             self._writers.discard(writer)

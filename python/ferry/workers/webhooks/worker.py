@@ -7,13 +7,14 @@ Within a run:
 - the auto pass runs whenever its interval has passed;
 - rows are claimed while there is room (in flight below the global cap);
   a claim that comes back full is followed by another as soon as there is
-  room, an empty one by a pause;
+  room, a short one by a pause;
 - each row waits for a slot of its endpoint, then a global slot, then is
-  attempted; an endpoint with more rows waiting than a few rounds of its
-  slots gets the surplus deferred, so a dead endpoint holds only its own
-  slots and the lease never runs out on a row stuck in a queue;
+  attempted; rows waiting for their endpoint do not count against the
+  global cap, so a dead endpoint holds only its own slots; once an endpoint
+  is seen to be slow, rows beyond a few rounds of its slots are deferred,
+  and a row that could not finish within its lease is released unattempted;
 - outcomes are written in batches by one writer task while deliveries go on;
-- the run ends when nothing is held and nothing is due.
+- the run ends once a claim came back short and every row it held is done.
 
 On shutdown (the runtime sets `ctx.stopping`) nothing new is claimed, rows
 not yet being sent are released at once, and attempts in flight get until
@@ -56,12 +57,22 @@ NAME = "webhooks"
 # How often the run loop looks at the stop flag and the writer while it
 # waits; a stop is acted on within this.
 STOP_POLL_S = 0.1
-# After a claim that found nothing, the next waits this long: new rows
-# become due by the clock, and the poll interval covers the idle case.
+# While rows are still in flight, a claim that found less than it asked for
+# is followed by the next only this much later: rows become due by the clock,
+# and the poll interval covers the idle case.
 EMPTY_CLAIM_PAUSE_S = 1.0
-# An endpoint may have this many rounds of its slots waiting in one process;
-# more are deferred (released, due again after one attempt deadline).
+# A slow endpoint may have this many rounds of its slots waiting in one
+# process; more are deferred: released, and due again once that backlog
+# could have cleared (this many attempt deadlines later).
 ENDPOINT_BACKLOG_ROUNDS = 2
+# An endpoint is slow once an attempt to it timed out, or has been in flight
+# this long (or half the attempt deadline, if that is shorter); healthy
+# receivers answer in well under a second.
+SLOW_ATTEMPT_MAX_S = 1.0
+# Rows held by one process: the global cap in flight plus this many claims
+# waiting for their endpoints' slots. Bounds memory and what a process keeps
+# from the others.
+HOLD_CLAIMS = 2
 # Time kept after an attempt for its outcome to be written before the lease
 # runs out, at most; a row that cannot start with this much lease to spare
 # is released instead of attempted.
@@ -183,6 +194,9 @@ class DeliveryRun:
         self.global_slots = asyncio.Semaphore(self.settings.max_in_flight)
         self.endpoint_slots: dict[int, asyncio.Semaphore] = {}
         self.backlog: Counter[int] = Counter()
+        self.waiting_for_endpoint = 0
+        self.attempt_starts: dict[int, list[float]] = {}
+        self.timed_out: set[int] = set()
         self.outcomes: list[Outcome] = []
         self.releases: list[tuple[Claimed, float]] = []
         self.changed = asyncio.Event()
@@ -210,24 +224,30 @@ class DeliveryRun:
 
     async def _loop(self, writer: asyncio.Task[None]) -> None:
         settings = self.settings
-        hold_max = settings.max_in_flight + settings.claim_batch
+        hold_max = settings.max_in_flight + HOLD_CLAIMS * settings.claim_batch
         next_claim_at = 0.0
+        drained = False
         while not self.ctx.stopping.is_set():
             if writer.done():
                 writer.result()
                 return
             await self._maybe_auto_pass()
+            # The last claim found less than it asked for and everything it
+            # took is done: what is due from now on is the next run's.
+            if drained and not self.held:
+                return
             now = time.monotonic()
+            active = len(self.held) - self.waiting_for_endpoint
             room = hold_max - len(self.held)
-            if len(self.held) < settings.max_in_flight and now >= next_claim_at:
+            if active < settings.max_in_flight and room > 0 and now >= next_claim_at:
                 asked = min(settings.claim_batch, room)
                 claim = await self.store.claim(asked, settings.lease_s)
                 self._dispatch(claim)
-                if len(claim.rows) == asked:
+                drained = len(claim.rows) < asked
+                if not drained:
                     continue
                 next_claim_at = time.monotonic() + EMPTY_CLAIM_PAUSE_S
-                if not claim.rows and not self.held:
-                    return
+                continue
             await self._wait_change()
 
     async def _wait_change(self) -> None:
@@ -269,11 +289,15 @@ class DeliveryRun:
                 self._queue_outcome(
                     Outcome(row, Verdict.DISABLED, None, last_error="endpoint disabled")
                 )
-            elif self.backlog[row.endpoint_id] >= backlog_max:
-                self._queue_release(row, self.settings.attempt_deadline_s)
+            elif self.backlog[row.endpoint_id] >= backlog_max and self._slow(
+                row.endpoint_id
+            ):
+                delay_s = ENDPOINT_BACKLOG_ROUNDS * self.settings.attempt_deadline_s
+                self._queue_release(row, delay_s)
                 deferred += 1
             else:
                 self.backlog[row.endpoint_id] += 1
+                self.waiting_for_endpoint += 1
                 task = asyncio.create_task(self._deliver(row, claim.lease_ends))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
@@ -286,11 +310,22 @@ class DeliveryRun:
 
     # -- one delivery -------------------------------------------------------
 
+    def _slow(self, endpoint_id: int) -> bool:
+        if endpoint_id in self.timed_out:
+            return True
+        threshold = min(SLOW_ATTEMPT_MAX_S, self.settings.attempt_deadline_s / 2)
+        now = time.monotonic()
+        starts = self.attempt_starts.get(endpoint_id, ())
+        return any(now - started > threshold for started in starts)
+
     async def _deliver(self, row: Claimed, lease_ends: float) -> None:
         settings = self.settings
         margin = min(WRITE_MARGIN_S, settings.attempt_deadline_s)
+        waiting = True
         try:
             async with self._endpoint_slot(row.endpoint_id):
+                waiting = False
+                self.waiting_for_endpoint -= 1
                 if time.monotonic() + settings.attempt_deadline_s + margin > lease_ends:
                     self._queue_release(row, 0.0)
                     return
@@ -300,7 +335,11 @@ class DeliveryRun:
             self._queue_release(row, 0.0)
             raise
         finally:
+            if waiting:
+                self.waiting_for_endpoint -= 1
             self.backlog[row.endpoint_id] -= 1
+        if result.error in ("timeout", "body_timeout"):
+            self.timed_out.add(row.endpoint_id)
         self._queue_outcome(self._judge(row, result))
 
     def _endpoint_slot(self, endpoint_id: int) -> asyncio.Semaphore:
@@ -318,6 +357,9 @@ class DeliveryRun:
         assert task is not None, "deliveries run as tasks"
         self.sending.add(task)
         self.worker.totals["in_flight"] += 1
+        started = time.monotonic()
+        starts = self.attempt_starts.setdefault(row.endpoint_id, [])
+        starts.append(started)
         try:
             timestamp = int(time.time())
             headers = request_headers(
@@ -332,6 +374,7 @@ class DeliveryRun:
                 body_cap_bytes=self.settings.body_cap_bytes,
             )
         finally:
+            starts.remove(started)
             self.worker.totals["in_flight"] -= 1
             self.sending.discard(task)
 
