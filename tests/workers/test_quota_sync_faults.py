@@ -28,6 +28,7 @@ from ferry.stores import redis as redis_store
 from ferry.workers import quota_sync
 from ferry.workers.counter_sync import CounterSync
 from tests.conftest import REPO, ferry_cmd, run_ferry
+from tests.servers import PrivateRedis
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -416,3 +417,28 @@ def test_two_processes_interleaving_always_leave_the_table_equal_to_redis(
     finally:
         for host in hosts:
             host.close()
+
+
+def test_redis_restarted_between_runs_next_run_reconnects(
+    ferry_env: dict[str, str], db: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = PrivateRedis().start()
+    try:
+        monkeypatch.setenv("REDIS_URL", server.url)
+        sync = quota_sync.build(load(CommonSettings))
+        client = redis.Redis.from_url(server.url)
+        client.set("quota:a:uploads", 4)
+        assert run(sync)["synced"] == 1
+        client.close()
+        server.kill()
+        server.start()
+        client = redis.Redis.from_url(server.url)
+        client.set("quota:b:uploads", 6)
+        figures = run(sync)
+        sync.close()
+        client.close()
+        # The restarted server lost quota:a:uploads: a complete walk zeroes it.
+        assert figures["zeroed"] == 1
+        assert rows(db) == {("a", "uploads"): 0, ("b", "uploads"): 6}
+    finally:
+        server.stop()
