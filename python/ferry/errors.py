@@ -3,6 +3,7 @@
     FerryError
      +-- ConfigError        bad configuration; start-up stops with its message
      +-- StoreError         Redis or Postgres failed; the run fails, the cause kept
+     +-- SupervisorError    supervisord's control socket refused or failed a call
 
 Dependencies' errors are translated where Ferry calls them, keeping the cause
 (`raise StoreError(...) from exc`).
@@ -21,3 +22,7 @@ class ConfigError(FerryError):
 
 class StoreError(FerryError):
     """Redis or Postgres refused or lost a request."""
+
+
+class SupervisorError(FerryError):
+    """supervisord could not be reached, or refused an XML-RPC call."""

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 
 from ferry import __version__
+from ferry.cli import health
+from ferry.cli import webhooks as webhooks_cli
 from ferry.config import CommonSettings, load
 from ferry.errors import ConfigError, FerryError
 from ferry.logs import configure
@@ -59,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 
     mig = sub.add_parser("migrate", help="create or update the schema (idempotent)")
     mig.set_defaults(handler=_migrate)
+    health.add_parser(sub)
+    webhooks_cli.add_parser(sub)
     return parser
 
 
