@@ -1,0 +1,229 @@
+"""The repository's supervisord.conf under a real supervisord.
+
+Each test starts supervisord with the file unchanged (plus, where a test
+needs it, an override of one program, as an operator would add one) against
+the test Redis and Postgres, with short schedules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import redis
+
+from ferry.runtime.stats import read
+from tests.supervision.stack import PROCESSES, WORKER_PROCESSES, Stack
+
+StartStack = Callable[..., Stack]
+
+# The listener ticks every 5 s and calls a heartbeat stale after 4 s here;
+# a restart also waits for startsecs (5 s) before the new process counts.
+RESTART_TIMEOUT_S = 30.0
+# supervisord.conf's stopwaitsecs: past this supervisord would SIGKILL.
+STOPWAITSECS = 30
+# startretries=3 with backoffs of 1, 2 and 3 s, each start failing fast.
+FATAL_TIMEOUT_S = 40.0
+
+
+def own_stats(stack: Stack, name: str, pid: int) -> dict[str, Any] | None:
+    """The process's stats file, once written by that very process."""
+    try:
+        figures = read(stack.state_dir / f"{name}.json")
+    except (OSError, ValueError):
+        return None
+    return figures if figures.get("pid") == pid else None
+
+
+def wait_all_reporting(stack: Stack) -> dict[str, Any]:
+    processes = stack.wait_running()
+    for name in WORKER_PROCESSES:
+        stack.wait_for(
+            lambda name=name: own_stats(stack, name, processes[name].pid),  # type: ignore[misc]
+            f"{name} to write its stats",
+            30,
+        )
+    return processes
+
+
+def test_every_program_runs_and_status_and_health_agree_with_supervisord(
+    start_stack: StartStack,
+) -> None:
+    stack = start_stack()
+    processes = wait_all_reporting(stack)
+
+    status = stack.ferry("status", "--json")
+    assert status.returncode == 0, status.stderr
+    document = json.loads(status.stdout)
+    assert document["supervisor"]["reachable"] is True
+    rows = {row["name"]: row for row in document["processes"]}
+    assert sorted(rows) == sorted(PROCESSES)
+    for name, info in stack.processes().items():
+        assert rows[name]["state"] == info.state == "RUNNING"
+        assert rows[name]["pid"] == info.pid
+    for name in WORKER_PROCESSES:
+        assert rows[name]["stats"]["pid"] == processes[name].pid
+        assert rows[name]["stale"] is False
+
+    health = stack.ferry("health")
+    assert (health.returncode, health.stdout) == (0, "healthy: 7 processes\n")
+
+    stopped = stack.ctl("stop", "audit:audit_1")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    health = stack.ferry("health")
+    assert health.returncode == 1
+    assert re.fullmatch(r"audit_1: STOPPED \(.+\)\n", health.stdout), health.stdout
+    # supervisorctl itself says nothing is wrong with a stopped program.
+    table = stack.ferry("status")
+    assert re.search(r"audit_1\s+STOPPED", table.stdout), table.stdout
+
+
+def test_quota_sync_runs_syncs_and_stops_cleanly_under_supervisord(
+    start_stack: StartStack,
+    rclient: redis.Redis,
+    db: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    rclient.mset({f"quota:acct{n}:uploads": n + 1 for n in range(500)})
+    stack = start_stack()
+    pid = stack.wait_running("quota-sync")["quota-sync"].pid
+
+    figures = stack.wait_for(
+        lambda: (
+            (f := own_stats(stack, "quota-sync", pid)) and f["rows_written"] > 0 and f
+        ),
+        "quota-sync to sync rows",
+        30,
+    )
+    assert figures["rows_written"] == 500
+    assert db.execute("SELECT count(*), sum(used) FROM quota_usage").fetchone() == (
+        500,
+        sum(range(1, 501)),
+    )
+
+    stopped = stack.ctl("stop", "quota-sync")
+    assert stopped.stdout.strip() == "quota-sync: stopped"
+    assert "stopped: quota-sync (exit status 0)" in stack.supervisord_log()
+    lines = stack.log("quota-sync").splitlines()
+    assert re.search(
+        r"worker_stop worker=quota-sync reason=signal .* exit_code=0$", lines[-1]
+    )
+
+
+def test_listener_restarts_a_hung_worker_once_per_cooldown(
+    start_stack: StartStack,
+) -> None:
+    stack = start_stack(FERRY_HEALTH_RESTART_COOLDOWN_S="120")
+    first = stack.wait_running()["quota-sync"].pid
+
+    # A stopped process cannot write its heartbeat, though supervisord still
+    # sees it RUNNING.
+    os.kill(first, signal.SIGSTOP)
+    second = stack.wait_for(
+        lambda: (
+            (p := stack.processes()["quota-sync"]).state == "RUNNING"
+            and p.pid != first
+            and p.pid
+        ),
+        "the listener to restart quota-sync",
+        RESTART_TIMEOUT_S,
+    )
+    log = stack.log("heartbeat-watch")
+    assert re.search(
+        rf"WARNING ferry.health.listener restart_program process=quota-sync"
+        rf" pid={first} reason=heartbeat_stale heartbeat_age_s=\d+ limit_s=4.0",
+        log,
+    ), log
+    assert re.search(rf"restart_done process=quota-sync old_pid={first}", log)
+    # Continued before the TERM, the hung process stopped cleanly.
+    assert "stopped: quota-sync (exit status 0)" in stack.supervisord_log()
+
+    # Hung again within the cooldown: left alone, said once, and reported.
+    os.kill(second, signal.SIGSTOP)
+    try:
+        stack.wait_for(
+            lambda: (
+                "restart_suppressed process=quota-sync reason=cooldown"
+                in stack.log("heartbeat-watch")
+            ),
+            "the listener to hold back",
+            RESTART_TIMEOUT_S,
+        )
+        assert stack.processes()["quota-sync"].pid == second
+        health = stack.ferry("health")
+        assert health.returncode == 1
+        assert re.fullmatch(
+            r"quota-sync: heartbeat stale, last \d+ s ago \(limit 4 s\)\n",
+            health.stdout,
+        ), health.stdout
+    finally:
+        os.kill(second, signal.SIGCONT)
+    assert stack.log("heartbeat-watch").count("restart_program") == 1
+
+
+def test_a_crash_looping_worker_is_reported_by_health(
+    start_stack: StartStack,
+) -> None:
+    # An unreachable database fails every run; with a budget of two the
+    # worker exits 3 within startsecs, again and again.
+    override = (
+        "[program:quota-sync]\n"
+        'environment=PYTHONUNBUFFERED="1",FERRY_SHUTDOWN_DEADLINE_S="25",'
+        'DATABASE_URL="postgresql://postgres@127.0.0.1:1/postgres",'
+        'FERRY_ERROR_BUDGET_FAILURES="2",FERRY_ERROR_WINDOW_RUNS="2",'
+        'FERRY_QUOTA_SYNC_INTERVAL_S="0.2"\n'
+    )
+    stack = start_stack(override)
+
+    stack.wait_state("quota-sync", {"FATAL"}, FATAL_TIMEOUT_S)
+    health = stack.ferry("health")
+    assert health.returncode == 1
+    assert (
+        "quota-sync: FATAL (Exited too quickly (process log may have details))\n"
+        in (health.stdout)
+    )
+    log = stack.supervisord_log()
+    assert "exited: quota-sync (exit status 3; not expected)" in log
+    assert "gave up: quota-sync entered FATAL state" in log
+    assert "error_budget_exhausted worker=quota-sync" in stack.log("quota-sync")
+
+
+def test_stop_all_during_runs_exits_cleanly_within_stopwaitsecs(
+    start_stack: StartStack, rclient: redis.Redis
+) -> None:
+    # Enough keys that quota-sync's runs take a while, so that the stop
+    # arrives with a run in flight.
+    pipe = rclient.pipeline(transaction=False)
+    for start in range(0, 200_000, 10_000):
+        pipe.mset({f"quota:a{n}:m": n for n in range(start, start + 10_000)})
+    pipe.execute()
+    stack = start_stack(FERRY_QUOTA_SYNC_INTERVAL_S="0.1")
+    processes = wait_all_reporting(stack)
+    stack.wait_for(
+        lambda: (
+            (f := own_stats(stack, "quota-sync", processes["quota-sync"].pid))
+            and f["state"] == "running"
+        ),
+        "a quota-sync run in flight",
+        30,
+    )
+
+    started = time.monotonic()
+    stopped = stack.ctl("stop", "all")
+    took_s = time.monotonic() - started
+
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert took_s < STOPWAITSECS
+    log = stack.supervisord_log()
+    for name in PROCESSES:
+        assert f"stopped: {name} (exit status 0)" in log, log
+    assert "SIGKILL" not in log
+    assert all(info.state == "STOPPED" for info in stack.processes().values())
+    quota = stack.log("quota-sync")
+    assert "shutdown_waiting worker=quota-sync" in quota
+    assert "run_done worker=quota-sync" in quota.split("shutdown_waiting")[-1]
