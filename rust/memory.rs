@@ -1,6 +1,7 @@
 //! What a counter sync last wrote for each key, and the encoding of `MGET` pages into COPY
 //! rows against that memory, so that only values that changed reach Postgres.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
@@ -71,6 +72,7 @@ pub struct Memory {
     remembered: Remembered,
     pending: Vec<(KeyRef, i64)>,
     fresh: IndexMap<Box<[u8]>, Option<i64>, RandomState>,
+    malformed: HashSet<Box<[u8]>, RandomState>,
     run: u32,
 }
 
@@ -85,6 +87,7 @@ impl Memory {
             remembered: Remembered::default(),
             pending: Vec::new(),
             fresh: IndexMap::default(),
+            malformed: HashSet::default(),
             run: 1,
         }
     }
@@ -97,6 +100,7 @@ impl Memory {
     /// Starts a run: forgets which keys were seen and drops the writes not committed.
     pub fn begin_run(&mut self) {
         self.fresh.clear();
+        self.malformed.clear();
         self.pending.clear();
         self.advance_run();
     }
@@ -108,6 +112,12 @@ impl Memory {
         let mut segments = Vec::with_capacity(template.names().len());
         for &(key, value) in pairs {
             if !template.parse(key, &mut segments) {
+                // Bad keys are deduplicated too, so that the count says how many keys are
+                // bad rather than how often SCAN returned them.
+                if !self.malformed.insert(key.into()) {
+                    page.counts.duplicates += 1;
+                    continue;
+                }
                 page.counts.malformed += 1;
                 page.note(|| format!("malformed key {}", bytes_repr(key)));
                 continue;
@@ -174,6 +184,7 @@ impl Memory {
             self.remembered.set_value(key, value);
         }
 
+        self.malformed.clear();
         let fresh = std::mem::take(&mut self.fresh);
         let (count, bytes) = fresh
             .iter()
@@ -195,6 +206,7 @@ impl Memory {
         self.remembered = Remembered::default();
         self.pending = Vec::new();
         self.fresh = IndexMap::default();
+        self.malformed = HashSet::default();
         self.advance_run();
     }
 
@@ -429,6 +441,17 @@ mod tests {
         memory.begin_run();
         let page = memory.encode_page(&[(b"quota:a:up", Some(b"1"))]);
         assert_eq!(counts(&page), [1, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn bad_keys_returned_twice_count_once() {
+        let mut memory = memory();
+        memory.begin_run();
+        let page = memory.encode_page(&[(b"quota:a", Some(b"1")), (b"quota:a", Some(b"1"))]);
+        assert_eq!(counts(&page), [0, 0, 1, 0, 1, 0]);
+        memory.begin_run();
+        let page = memory.encode_page(&[(b"quota:a", Some(b"1"))]);
+        assert_eq!(counts(&page), [0, 0, 1, 0, 0, 0]);
     }
 
     #[test]

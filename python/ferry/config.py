@@ -15,22 +15,36 @@ environment variable, the value and what is expected.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import (
+    AliasChoices,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from redis import connection as redis_connection
 
 from ferry.errors import ConfigError
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+# redis-py's URL parser, the one its clients use; it carries no annotations.
+parse_redis_url: Callable[[str], dict[str, Any]] = redis_connection.parse_url
+INSTANCE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 S = TypeVar("S", bound="FerrySettings")
 
@@ -41,8 +55,14 @@ class FerrySettings(BaseSettings):
     # The TOML table holding this class's settings; None for the top level.
     toml_table: ClassVar[str | None] = None
 
+    # inf and nan are refused: an infinite interval would pass gt=0 and leave
+    # a worker that never runs again while its heartbeat looks healthy.
     model_config = SettingsConfigDict(
-        env_prefix="FERRY_", extra="ignore", frozen=True, populate_by_name=True
+        env_prefix="FERRY_",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        allow_inf_nan=False,
     )
 
     @classmethod
@@ -55,6 +75,7 @@ class FerrySettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         table = _toml_table(cls.toml_table)
+        _refuse_unknown(cls, table)
         return (
             init_settings,
             env_settings,
@@ -119,6 +140,10 @@ class CommonSettings(FerrySettings):
         if not value.startswith(REDIS_SCHEMES):
             schemes = ", ".join(REDIS_SCHEMES)
             raise ValueError(f"must start with one of {schemes}")
+        try:
+            parse_redis_url(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot be parsed ({exc})") from None
         return value
 
     @field_validator("database_url")
@@ -126,7 +151,39 @@ class CommonSettings(FerrySettings):
     def _check_database_url(cls, value: str) -> str:
         if not value.startswith(POSTGRES_SCHEMES):
             raise ValueError("must start with postgresql:// or postgres://")
+        try:
+            params = conninfo_to_dict(value)
+        except psycopg.Error as exc:
+            raise ValueError(f"cannot be parsed ({exc})") from None
+        ports = str(params.get("port", "5432")).split(",")
+        if not all(port.isdigit() for port in ports):
+            raise ValueError(f"has a port that is not a number ({params['port']})")
         return value
+
+    @field_validator("instance")
+    @classmethod
+    def _check_instance(cls, value: str | None) -> str | None:
+        # It names the stats files, so it must be a plain file name.
+        if value is not None and not INSTANCE_NAME.fullmatch(value):
+            raise ValueError(
+                "must be letters, digits, '.', '_' or '-' and not start with '.'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_together(self) -> Self:
+        if self.error_budget_failures > self.error_window_runs:
+            raise ValueError(
+                f"FERRY_ERROR_BUDGET_FAILURES ({self.error_budget_failures}) must"
+                f" not exceed FERRY_ERROR_WINDOW_RUNS ({self.error_window_runs})"
+            )
+        if self.heartbeat_s >= self.heartbeat_stale_s:
+            raise ValueError(
+                f"FERRY_HEARTBEAT_S ({self.heartbeat_s}) must be shorter than"
+                f" FERRY_HEARTBEAT_STALE_S ({self.heartbeat_stale_s}), or every"
+                " idle worker looks stale"
+            )
+        return self
 
     @field_validator("log_level")
     @classmethod
@@ -150,9 +207,12 @@ def load(cls: type[S]) -> S:
 
 def _describe(cls: type[FerrySettings], exc: ValidationError) -> str:
     error = exc.errors()[0]
-    field = str(error["loc"][0]) if error["loc"] else "?"
-    name = cls.env_name(field) if field in cls.model_fields else field.upper()
     message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:
+        # A check across settings; its message names them.
+        return message
+    field = str(error["loc"][0])
+    name = cls.env_name(field) if field in cls.model_fields else field.upper()
     value = error.get("input")
     if error["type"] == "missing":
         return f"{name} is required"
@@ -170,7 +230,7 @@ def _toml_table(table: str | None) -> dict[str, Any]:
         raise ConfigError(
             f"FERRY_CONFIG names {path!r}, which cannot be read: {exc.strerror}"
         ) from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"FERRY_CONFIG file {path!r} is not TOML: {exc}") from None
     if table is None:
         return {k: v for k, v in document.items() if not isinstance(v, dict)}
@@ -178,3 +238,18 @@ def _toml_table(table: str | None) -> dict[str, Any]:
     if not isinstance(section, dict):
         raise ConfigError(f"FERRY_CONFIG file {path!r}: [{table}] must be a table")
     return section
+
+
+def _refuse_unknown(cls: type[FerrySettings], table: dict[str, Any]) -> None:
+    # A misspelt setting in the file would otherwise be ignored in silence.
+    known = set(cls.model_fields)
+    for info in cls.model_fields.values():
+        if isinstance(info.validation_alias, AliasChoices):
+            known.update(str(c) for c in info.validation_alias.choices)
+    unknown = sorted(set(table) - known)
+    if unknown:
+        where = f"[{cls.toml_table}]" if cls.toml_table else "its top level"
+        raise ConfigError(
+            f"FERRY_CONFIG file {os.environ.get('FERRY_CONFIG')!r} has no setting"
+            f" {unknown[0]!r} in {where}; known: {', '.join(sorted(cls.model_fields))}"
+        )

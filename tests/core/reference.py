@@ -192,6 +192,7 @@ class ReferenceSync:
         self.template = Template.compile(template)
         self.remembered: dict[bytes, int] = {}
         self.seen: set[bytes] = set()
+        self.seen_malformed: set[bytes] = set()
         self.pending: dict[bytes, int] = {}
 
     def __len__(self) -> int:
@@ -200,6 +201,7 @@ class ReferenceSync:
     def begin_run(self) -> None:
         """Forget the keys seen and the writes pending."""
         self.seen.clear()
+        self.seen_malformed.clear()
         self.pending.clear()
 
     def encode_page(
@@ -211,6 +213,10 @@ class ReferenceSync:
         for key, value in zip(keys, values, strict=True):
             segments = self.template.parse(key)
             if segments is None:
+                if key in self.seen_malformed:
+                    page.duplicates += 1
+                    continue
+                self.seen_malformed.add(key)
                 page.malformed += 1
                 page.note(f"malformed key {short_bytes_repr(key)}")
                 continue

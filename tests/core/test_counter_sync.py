@@ -81,10 +81,18 @@ def test_date_segments_are_postgres_dates() -> None:
 
 def test_examples_stop_at_five_and_stay_short() -> None:
     sync = new_sync()
-    long_key = b"quota:" + b"x" * 100
-    page = sync.encode_page([long_key] * 7, [b"1"] * 7)
+    long_keys = [b"quota:" + b"x" * 100 + bytes([48 + i]) for i in range(7)]
+    page = sync.encode_page(long_keys, [b"1"] * 7)
     assert page.malformed == 7
     assert page.examples == ["malformed key b'quota:" + "x" * 51 + "'..."] * 5
+
+
+def test_a_bad_key_seen_twice_in_a_run_is_malformed_once() -> None:
+    sync = new_sync()
+    page = sync.encode_page([b"quota:a", b"quota:a"], [b"1", b"1"])
+    assert (page.malformed, page.duplicates) == (1, 1)
+    sync.begin_run()
+    assert sync.encode_page([b"quota:a"], [b"1"]).malformed == 1
 
 
 def test_accepts_tuples_and_rejects_wrong_shapes() -> None:

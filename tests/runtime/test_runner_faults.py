@@ -1,9 +1,7 @@
 """The shared runtime and its configuration under abuse: a reviewer's fault tests.
 
 Signals at odd moments, hung runs, the stats file while it is rewritten, and
-configuration that is wrong in every way an operator can get it wrong
-(DESIGN sections 2-4). Tests marked xfail(strict) prove a bug that is still
-open; the mark goes when the bug is fixed.
+configuration that is wrong in every way an operator can get it wrong.
 """
 
 from __future__ import annotations
@@ -77,11 +75,6 @@ def age_s(stamp: object) -> float:
 # -- schedule and stats --------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with interval 0 (back to back) every heartbeat during a run counts a"
-    " 'skipped overlap' tick although there is no tick to skip",
-)
 def test_back_to_back_worker_counts_no_skipped_ticks(tmp_path: Path) -> None:
     worker = SampleWorker(Schedule(interval_s=0), run_s=0.4, fail=False, synced=1)
     settings = CommonSettings.model_validate(
@@ -294,11 +287,6 @@ def test_each_bad_setting_gives_one_line_naming_it(
     one_config_line(done, setting)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inf passes the gt=0 checks, so FERRY_QUOTA_SYNC_INTERVAL_S=inf is"
-    " accepted and the worker silently never runs again after its first run",
-)
 @pytest.mark.parametrize(
     "setting",
     [
@@ -314,11 +302,6 @@ def test_infinite_durations_are_refused(
     one_config_line(done, setting)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a FERRY_STATE_DIR that is a file crashes start-up with a"
-    " FileExistsError traceback instead of one line naming the setting",
-)
 def test_state_dir_that_is_a_file_gives_one_line(
     ferry_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -329,11 +312,6 @@ def test_state_dir_that_is_a_file_gives_one_line(
     one_config_line(done, "FERRY_STATE_DIR")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FERRY_INSTANCE with a '/' is accepted and the stats file can never"
-    " be written (a warning every heartbeat, no stats for health)",
-)
 def test_instance_name_that_is_not_a_file_name_is_refused(
     ferry_env: dict[str, str],
 ) -> None:
@@ -372,11 +350,6 @@ def test_config_file_missing_or_not_toml_gives_one_line(
     one_config_line(done, "SCAN_COUNT")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a FERRY_CONFIG file that is not UTF-8 escapes as a UnicodeDecodeError"
-    " traceback (tomllib raises it, not TOMLDecodeError)",
-)
 def test_config_file_not_utf8_gives_one_line(
     ferry_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -388,11 +361,6 @@ def test_config_file_not_utf8_gives_one_line(
     one_config_line(done, "FERRY_CONFIG")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a misspelt key in the FERRY_CONFIG file is silently ignored, so the"
-    " operator's setting never applies",
-)
 def test_unknown_key_in_config_file_is_refused(
     ferry_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -404,32 +372,16 @@ def test_unknown_key_in_config_file_is_refused(
     one_config_line(done, "intreval_s")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a REDIS_URL with a non-numeric port passes start-up; it fails each"
-    " run after the startup delay and burns the error budget instead of"
-    " stopping start-up with exit 2",
-)
 def test_unusable_redis_url_stops_start_up(ferry_env: dict[str, str]) -> None:
     done = start_up(ferry_env, "REDIS_URL", "redis://127.0.0.1:notaport/0")
     one_config_line(done, "REDIS_URL")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a DATABASE_URL libpq cannot parse passes start-up; it fails each"
-    " run after the startup delay instead of stopping start-up with exit 2",
-)
 def test_unparsable_database_url_stops_start_up(ferry_env: dict[str, str]) -> None:
     done = start_up(ferry_env, "DATABASE_URL", "postgresql://127.0.0.1:notaport/x")
     one_config_line(done, "DATABASE_URL")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an error budget larger than its window (20 failures among 10 runs)"
-    " is silently turned into a window of 20 instead of being refused",
-)
 def test_error_budget_larger_than_its_window_is_refused(
     ferry_env: dict[str, str],
 ) -> None:
@@ -442,11 +394,6 @@ def test_error_budget_larger_than_its_window_is_refused(
     one_config_line(done, "FERRY_ERROR")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a heartbeat interval longer than the stale limit is accepted, so"
-    " health calls a healthy idle worker stale",
-)
 def test_heartbeat_slower_than_the_stale_limit_is_refused(
     ferry_env: dict[str, str],
 ) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 from ferry import __version__
 from ferry.config import CommonSettings
+from ferry.errors import ConfigError
 from ferry.logs import kv
 from ferry.runtime.budget import ErrorBudget
 from ferry.runtime.stats import StatsFile, iso, utc_now
@@ -55,7 +56,13 @@ class Runner:
         self.worker = worker
         self.settings = settings
         self.instance = settings.instance or worker.name
-        self.stats = StatsFile(settings.state_dir, self.instance)
+        try:
+            self.stats = StatsFile(settings.state_dir, self.instance)
+        except OSError as exc:
+            raise ConfigError(
+                f"FERRY_STATE_DIR {str(settings.state_dir)!r} cannot hold the stats"
+                f" files: {exc.strerror}; point it at a writable directory"
+            ) from None
         self.budget = ErrorBudget(
             settings.error_budget_failures, settings.error_window_runs
         )
@@ -128,7 +135,8 @@ class Runner:
             self._log_extra_signals()
             now = time.monotonic()
             if self._running():
-                while now >= next_due and not once:
+                # A back-to-back worker (interval 0) has no ticks to skip.
+                while now >= next_due and not once and schedule.interval_s > 0:
                     self._figures["runs_skipped_overlap"] += 1
                     logger.info(
                         "tick_skipped %s",

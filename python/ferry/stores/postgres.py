@@ -9,6 +9,7 @@ because a pooler may hand the next transaction to another backend.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 import psycopg
 
@@ -52,6 +53,30 @@ def try_xact_lock(conn: psycopg.Connection[tuple[object, ...]], name: str) -> bo
         "SELECT pg_try_advisory_xact_lock(hashtext(%s))", (f"ferry:{name}",)
     ).fetchone()
     return bool(row and row[0])
+
+
+def alive(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+    """True when `conn` still answers; a dropped connection answers False.
+
+    Sends one query outside any transaction Ferry keeps, so it is safe
+    behind a transaction-mode pooler.
+    """
+    if conn.closed or conn.broken:
+        return False
+    try:
+        conn.execute("SELECT 1")
+        conn.rollback()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+def transaction_time(conn: psycopg.Connection[tuple[object, ...]]) -> datetime:
+    """The start time of the current transaction, on the database's clock."""
+    row = conn.execute("SELECT now()").fetchone()
+    if row is None or not isinstance(row[0], datetime):
+        raise StoreError("postgres did not answer SELECT now() with a time")
+    return row[0]
 
 
 def first_line(exc: BaseException) -> str:

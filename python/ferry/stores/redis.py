@@ -41,6 +41,10 @@ def connect(url: str) -> Client:
 
 Page = tuple[list[bytes], list[bytes | None]]
 
+# Stands in for the value of a key that holds another Redis type, so that
+# the log's examples read "invalid value b'WRONGTYPE hash' for key ...".
+WRONG_TYPE_PREFIX = b"WRONGTYPE "
+
 
 def walk(client: Client, match: str, count: int) -> Iterator[Page]:
     """Yield (keys, values) per SCAN page until the cursor comes back to 0.
@@ -65,16 +69,36 @@ def walk(client: Client, match: str, count: int) -> Iterator[Page]:
             if cursor == 0:
                 page = _page(keys, client.mget(keys))
                 _check_same_server(client, server)
-                yield page
+                yield _mark_other_types(client, page)
                 return
             pipe = client.pipeline(transaction=False)
             pipe.mget(keys)
             pipe.scan(cursor, match=match, count=count)
             values, (next_cursor, next_keys) = pipe.execute()
-            yield _page(keys, values)
+            yield _mark_other_types(client, _page(keys, values))
             cursor, keys = next_cursor, next_keys
     except redis.RedisError as exc:
         raise StoreError(f"redis walk of {match!r} failed: {exc}") from exc
+
+
+def _mark_other_types(client: Client, page: Page) -> Page:
+    # MGET answers nil both for a key that vanished and for one that holds a
+    # hash, list or other type. Only the first is a missing counter (0); the
+    # second is not a counter at all, so it is handed on as a value no
+    # counter can have, which the core counts invalid and never writes.
+    keys, values = page
+    nils = [i for i, value in enumerate(values) if value is None]
+    if not nils:
+        return page
+    pipe = client.pipeline(transaction=False)
+    for i in nils:
+        pipe.type(keys[i])
+    kinds = pipe.execute()
+    marked = list(values)
+    for i, kind in zip(nils, kinds, strict=True):
+        if kind not in (b"none", b"string"):
+            marked[i] = WRONG_TYPE_PREFIX + bytes(kind)
+    return keys, marked
 
 
 def _server_run_id(client: Client) -> str:

@@ -20,6 +20,7 @@ did not happen.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +36,6 @@ from ferry.config import CommonSettings
 from ferry.errors import StoreError
 from ferry.logs import kv
 from ferry.runtime import RunContext, RunOutcome, Schedule, Worker
-from ferry.runtime.stats import utc_now
 from ferry.stores import postgres
 from ferry.stores import redis as redis_store
 
@@ -44,6 +44,13 @@ from ferry.stores import redis as redis_store
 EXAMPLES_PER_RUN = 5
 # Rows fetched per round trip when reloading the memory from the table.
 SEED_BATCH_ROWS = 50_000
+# The memory is reloaded at least this often even when no other process
+# wrote, so that rows changed in the table by hand are set right within the
+# hour; a reload of 1M rows costs about a second.
+MEMORY_MAX_AGE_S = 3600
+# Postgres ends a run's transaction that sits idle this long: its process
+# is gone, and the advisory lock must not wait for TCP to notice.
+IDLE_IN_TRANSACTION_S = 60
 
 logger = logging.getLogger("ferry.workers.counter_sync")
 
@@ -133,6 +140,7 @@ class CounterSync(Worker):
         self.pattern = _core.KeyPattern(pattern)
         self.memory = _core.CounterSync(self.pattern)
         self._run_id: uuid.UUID | None = None
+        self._loaded_at = 0.0
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
         self._redis: redis_store.Client | None = None
         self._counters: dict[str, int] = {
@@ -143,6 +151,7 @@ class CounterSync(Worker):
             "missing": 0,
             "duplicates": 0,
             "zeroed": 0,
+            "declined_newer": 0,
             "lock_skips": 0,
             "memory_reloads": 0,
         }
@@ -160,8 +169,6 @@ class CounterSync(Worker):
             raise StoreError(f"postgres failed: {postgres.first_line(exc)}") from exc
 
     def _sync(self, ctx: RunContext) -> RunOutcome:
-        # One timestamp per run, taken before the first page.
-        synced_at = utc_now()
         conn = self._connection()
         client = self._client()
 
@@ -169,9 +176,22 @@ class CounterSync(Worker):
             if not postgres.try_xact_lock(conn, self.name):
                 self._counters["lock_skips"] += 1
                 return RunOutcome(skipped="lock_held_elsewhere")
+            # A process that dies with its connection half-open would keep the
+            # lock until TCP notices; Postgres ends such a transaction sooner.
+            conn.execute(
+                sql.SQL("SET LOCAL idle_in_transaction_session_timeout = {}").format(
+                    sql.Literal(f"{IDLE_IN_TRANSACTION_S}s")
+                )
+            )
+            # One timestamp per run, taken before the first page, from the
+            # database's clock so that every host stamps rows on one clock.
+            synced_at = postgres.transaction_time(conn)
             self._load_memory(conn)
             totals = self._stage(conn, client, ctx)
             written = self._upsert(conn, synced_at)
+            declined = 0
+            if totals.rows > written:
+                declined = self._declined(conn, synced_at)
             written += self.upsert_excluded(conn, synced_at)
             extra = self.after_upsert(conn, synced_at)
             run_id = uuid.uuid4()
@@ -182,17 +202,32 @@ class CounterSync(Worker):
                 (self.name, run_id),
             )
 
-        self.memory.commit_run()
-        self._run_id = run_id
+        if declined:
+            # The memory would hold values the table refused; reload it.
+            self.forget_memory()
+            logger.warning(
+                "rows_declined_newer %s",
+                kv(
+                    {
+                        "worker": self.name,
+                        "rows": declined,
+                        "action": "kept the newer rows; memory reloads next run",
+                    }
+                ),
+            )
+        else:
+            self.memory.commit_run()
+            self._run_id = run_id
         extra.update(self.after_commit(client))
-        self._count(totals, written)
+        unchanged = totals.unchanged + max(totals.rows - written - declined, 0)
+        self._count(totals, written, unchanged, declined)
         self._log_examples(totals)
-        unchanged = totals.unchanged + (totals.rows - written)
         return RunOutcome(
             synced=written,
             fields={
                 "keys": totals.keys,
                 "unchanged": unchanged,
+                "declined_newer": declined,
                 "invalid": totals.invalid,
                 "malformed": totals.malformed,
                 "missing": totals.missing,
@@ -259,7 +294,13 @@ class CounterSync(Worker):
     # -- steps ------------------------------------------------------------
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
+        if self._conn is not None and not postgres.alive(self._conn):
+            # Dropped while idle (a pooler's or the server's timeout): that
+            # costs a reconnect, not a failed run.
+            logger.info("postgres_reconnect %s", kv({"worker": self.name}))
+            self._conn.close()
+            self._conn = None
+        if self._conn is None:
             self._conn = postgres.connect(
                 self.common.database_url, application=self.name
             )
@@ -275,7 +316,8 @@ class CounterSync(Worker):
             "SELECT run_id FROM ferry_sync_state WHERE worker = %s", (self.name,)
         ).fetchone()
         last = row[0] if row else None
-        if last is not None and last == self._run_id:
+        fresh = time.monotonic() - self._loaded_at < MEMORY_MAX_AGE_S
+        if last is not None and last == self._run_id and fresh:
             return
         # Another process wrote since our last run (or we never ran): what we
         # remember may no longer be what the table holds.
@@ -295,6 +337,7 @@ class CounterSync(Worker):
             cur.execute(query)
             while rows := cur.fetchmany(SEED_BATCH_ROWS):
                 self.memory.seed(rows)
+        self._loaded_at = time.monotonic()
         self._counters["memory_reloads"] += 1
         logger.info(
             "memory_loaded %s", kv({"worker": self.name, "keys": len(self.memory)})
@@ -375,10 +418,29 @@ class CounterSync(Worker):
 
     # -- reporting --------------------------------------------------------
 
-    def _count(self, totals: Totals, written: int) -> None:
+    def _declined(
+        self, conn: psycopg.Connection[tuple[object, ...]], synced_at: datetime
+    ) -> int:
+        """Staged rows the upsert refused because the table's row is newer."""
+        keys = [sql.Identifier(name) for name, _ in self.table.key_columns]
+        query = sql.SQL(
+            "SELECT count(*) FROM {staging} s JOIN {table} t USING ({keys})"
+            " WHERE t.synced_at > %(synced_at)s"
+        ).format(
+            staging=sql.Identifier(self.staging_table),
+            table=sql.Identifier(self.table.name),
+            keys=sql.SQL(", ").join(keys),
+        )
+        row = conn.execute(query, {"synced_at": synced_at}).fetchone()
+        return int(str(row[0])) if row else 0
+
+    def _count(
+        self, totals: Totals, written: int, unchanged: int, declined: int
+    ) -> None:
         c = self._counters
         c["rows_written"] += written
-        c["unchanged"] += totals.unchanged + (totals.rows - written)
+        c["unchanged"] += unchanged
+        c["declined_newer"] += declined
         c["invalid"] += totals.invalid
         c["malformed"] += totals.malformed
         c["missing"] += totals.missing
