@@ -20,9 +20,11 @@ committed and acknowledged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import psycopg
@@ -120,6 +122,9 @@ class AuditWorker(Worker):
         self._next_housekeeping = 0.0
         self._failed_in_row = 0
         self._lifetime = Totals()
+        # Reads the next batch from Redis while the current one is written
+        # to Postgres, so that the two waits overlap.
+        self._executor: ThreadPoolExecutor | None = None
 
     # -- Worker -----------------------------------------------------------
 
@@ -155,7 +160,10 @@ class AuditWorker(Worker):
         self.close()
 
     def close(self) -> None:
-        """Close both connections."""
+        """Close both connections and the reading thread."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -170,18 +178,59 @@ class AuditWorker(Worker):
         ends = time.monotonic() + self.settings.session_s
         conn = self._connection()
         stream = self._audit_stream()
-        while not ctx.stopping.is_set():
-            batch = self._next_batch(stream, conn)
-            step = Totals()
-            if batch is not None:
-                self._handle(conn, stream, batch, step)
-            ctx.progress()
-            self._housekeeping(stream, step)
-            totals.add(step)
-            self._lifetime.add(step)
-            if time.monotonic() >= ends:
-                break
+        prefetch: Future[list[Entry]] | None = None
+        try:
+            while True:
+                if prefetch is not None:
+                    # Read before a stop or the session's end: delivered, so
+                    # in flight, and finished like any batch.
+                    entries, prefetch = prefetch.result(), None
+                    batch = Batch(entries, "new") if entries else None
+                elif ctx.stopping.is_set() or time.monotonic() >= ends:
+                    break
+                else:
+                    batch = self._next_batch(stream, conn)
+                if self._may_prefetch(batch, ctx, ends):
+                    prefetch = self._reader().submit(
+                        stream.read_new,
+                        self.settings.batch_size,
+                        self.settings.block_ms,
+                    )
+                step = Totals()
+                if batch is not None:
+                    self._handle(conn, stream, batch, step)
+                ctx.progress()
+                self._housekeeping(stream, step)
+                totals.add(step)
+                self._lifetime.add(step)
+        finally:
+            if prefetch is not None:
+                # The session failed with a read in flight: let it end, so
+                # that what it delivered is pending before the next run reads
+                # this consumer's pending entries; its error is not this one.
+                with contextlib.suppress(Exception):
+                    prefetch.result()
         return RunOutcome(synced=totals.stored, fields=totals.fields())
+
+    def _may_prefetch(self, batch: Batch | None, ctx: RunContext, ends: float) -> bool:
+        """Whether to read the next batch while this one is written.
+
+        Only behind new entries, so that recovery and due claims keep their
+        turn, and never once the session is ending.
+        """
+        now = time.monotonic()
+        return (
+            batch is not None
+            and batch.source == "new"
+            and not ctx.stopping.is_set()
+            and now < ends
+            and now < self._next_claim
+        )
+
+    def _reader(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="audit-read")
+        return self._executor
 
     def _next_batch(
         self, stream: AuditStream, conn: psycopg.Connection[tuple[object, ...]]
