@@ -26,10 +26,13 @@ from ferry.errors import StoreError
 
 # Entries walked per XRANGE while looking for where a length limit cuts; the
 # reply carries whole entries, so pages stay small.
-LENGTH_SCAN_PAGE = 1000
+LENGTH_SCAN_PAGE_ENTRIES = 1000
 # At most this many entries are walked per trim pass; a stream far over its
-# length limit is brought down over several passes.
-LENGTH_SCAN_MAX = 100_000
+# length limit is brought down over several passes. Redis has no command that
+# finds the id at a position without reading the entries before it, so a
+# length limit costs a second read of what it trims; the age limit costs one
+# call.
+LENGTH_SCAN_MAX_ENTRIES = 100_000
 
 logger = logging.getLogger("ferry.workers.audit")
 
@@ -250,13 +253,13 @@ class AuditStream:
 
     def _length_cut(self, max_len: int, keep_from: StreamId | None) -> StreamId:
         """The id from which the newest `max_len` entries start, or as near as
-        the walk gets within `LENGTH_SCAN_MAX` entries or `keep_from`."""
+        the walk gets within `LENGTH_SCAN_MAX_ENTRIES` entries or `keep_from`."""
         excess = int(self._call(lambda: self.client.xlen(self.key))) - max_len
         cut: StreamId = (0, 0)
         start = "-"
         walked = 0
-        while excess > walked and walked < LENGTH_SCAN_MAX:
-            page = min(LENGTH_SCAN_PAGE, excess - walked)
+        while excess > walked and walked < LENGTH_SCAN_MAX_ENTRIES:
+            page = min(LENGTH_SCAN_PAGE_ENTRIES, excess - walked)
             entries = self._call(
                 partial(self.client.xrange, self.key, min=start, count=page)
             )

@@ -16,6 +16,11 @@ A batch is stored, then acknowledged; entries of sources 1 and 2 delivered
 more than `max_deliveries` times are dead-lettered without being read. When
 the stop flag is set, the loop stops reading; the batch in flight is still
 committed and acknowledged.
+
+Deliveries are counted per entry, not per cause: a batch whose handling kills
+the process every time reaches the limit all together, and every entry of it
+is dead-lettered, not only the one at fault. (A row that Postgres refuses is
+found on its own, see `store`; this is about crashes.)
 """
 
 from __future__ import annotations
