@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from ferry import __version__
 from ferry.cli import health
 from ferry.cli import webhooks as webhooks_cli
+from ferry.cli.progress import terminal_progress
 from ferry.config import CommonSettings, load
 from ferry.errors import ConfigError, FerryError
 from ferry.logs import configure
@@ -68,7 +69,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace, common: CommonSettings) -> int:
     worker = build(args.worker, common)
-    return Runner(worker, common).serve(once=args.once)
+    if not args.once:
+        return Runner(worker, common).serve()
+    # A manual run can take minutes over millions of keys: show it moving.
+    with terminal_progress(args.worker, unit="steps") as advance:
+        return Runner(worker, common, on_progress=advance).serve(once=True)
 
 
 def _migrate(args: argparse.Namespace, common: CommonSettings) -> int:

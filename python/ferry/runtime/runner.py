@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from datetime import datetime
 from types import FrameType
 from typing import Any
@@ -52,9 +53,17 @@ logger = logging.getLogger("ferry.runtime")
 class Runner:
     """Runs `worker` on its schedule until a signal or the error budget stops it."""
 
-    def __init__(self, worker: Worker, settings: CommonSettings) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        settings: CommonSettings,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
         self.worker = worker
         self.settings = settings
+        self._on_progress = on_progress
+        self._stats_lock = threading.Lock()
         self.instance = settings.instance or worker.name
         try:
             self.stats = StatsFile(settings.state_dir, self.instance)
@@ -169,7 +178,7 @@ class Runner:
 
     def _start_run(self) -> None:
         self._state = "running"
-        self._ctx = RunContext(self._stopping)
+        self._ctx = RunContext(self._stopping, self._on_progress)
         self._run_started = utc_now()
         self._thread = threading.Thread(
             target=self._run,
@@ -389,6 +398,13 @@ class Runner:
     # -- stats ------------------------------------------------------------
 
     def _write_stats(self) -> None:
+        # The main thread's heartbeat and the run thread's completion both
+        # write: building and writing under one lock keeps an older snapshot
+        # from landing after a newer one.
+        with self._stats_lock:
+            self._write_stats_locked()
+
+    def _write_stats_locked(self) -> None:
         heartbeat = utc_now()
         if self._running() and self._ctx is not None:
             # While a run is in flight the heartbeat follows its progress, so

@@ -44,15 +44,24 @@ class RunContext:
     (a page, a batch): the heartbeat follows it, so a run that stops making
     progress shows as stale and the supervisor's listener can restart it.
     A run should check `stopping` between units and wind down when it is set.
+    `on_progress`, when given, is called from the run's thread with the units
+    each call reports (the command line draws a progress bar with it).
     """
 
-    def __init__(self, stopping: threading.Event) -> None:
+    def __init__(
+        self,
+        stopping: threading.Event,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
         self.stopping = stopping
         self.last_progress = time.monotonic()
+        self._on_progress = on_progress
 
-    def progress(self) -> None:
-        """Record that the run is still making progress."""
+    def progress(self, done: int = 1) -> None:
+        """Record that the run is still making progress, `done` units more."""
         self.last_progress = time.monotonic()
+        if self._on_progress is not None:
+            self._on_progress(done)
 
 
 class Worker:
