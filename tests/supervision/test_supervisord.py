@@ -11,8 +11,11 @@ import json
 import os
 import re
 import signal
+import subprocess
+import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -30,6 +33,11 @@ RESTART_TIMEOUT_S = 30.0
 STOPWAITSECS = 30
 # startretries=3 with backoffs of 1, 2 and 3 s, each start failing fast.
 FATAL_TIMEOUT_S = 40.0
+# How long the stop test keeps quota-sync's run waiting after the stop: well
+# inside the shutdown deadline, and short of the heartbeat limit (4 s).
+RUN_HELD_S = 1.5
+# A run whose heartbeat is this old is waiting on the lock, not walking.
+BLOCKED_S = 0.5
 
 
 def own_stats(stack: Stack, name: str, pid: int) -> dict[str, Any] | None:
@@ -39,6 +47,15 @@ def own_stats(stack: Stack, name: str, pid: int) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return figures if figures.get("pid") == pid else None
+
+
+def blocked_run(stack: Stack, pid: int) -> bool:
+    """True once quota-sync's run has made no progress for a while."""
+    figures = own_stats(stack, "quota-sync", pid)
+    if figures is None or figures["state"] != "running":
+        return False
+    beat = datetime.fromisoformat(figures["heartbeat_at"]).timestamp()
+    return time.time() - beat > BLOCKED_S
 
 
 def wait_all_reporting(stack: Stack) -> dict[str, Any]:
@@ -194,29 +211,35 @@ def test_a_crash_looping_worker_is_reported_by_health(
 
 
 def test_stop_all_during_runs_exits_cleanly_within_stopwaitsecs(
-    start_stack: StartStack, rclient: redis.Redis
+    start_stack: StartStack,
+    rclient: redis.Redis,
+    db: psycopg.Connection[tuple[object, ...]],
 ) -> None:
-    # Enough keys that quota-sync's runs take a while, so that the stop
-    # arrives with a run in flight.
-    pipe = rclient.pipeline(transaction=False)
-    for start in range(0, 200_000, 10_000):
-        pipe.mset({f"quota:a{n}:m": n for n in range(start, start + 10_000)})
-    pipe.execute()
-    stack = start_stack(FERRY_QUOTA_SYNC_INTERVAL_S="0.1")
+    rclient.mset({f"quota:a{n}:m": n for n in range(1000)})
+    stack = start_stack()
     processes = wait_all_reporting(stack)
-    stack.wait_for(
-        lambda: (
-            (f := own_stats(stack, "quota-sync", processes["quota-sync"].pid))
-            and f["state"] == "running"
-        ),
-        "a quota-sync run in flight",
-        30,
-    )
 
-    started = time.monotonic()
-    stopped = stack.ctl("stop", "all")
+    # Holding the table makes quota-sync's next upsert wait, so the stop
+    # arrives with that run in flight; it is released before the deadline.
+    with db.transaction():
+        db.execute("LOCK TABLE quota_usage IN EXCLUSIVE MODE")
+        stack.wait_for(
+            lambda: blocked_run(stack, processes["quota-sync"].pid),
+            "a quota-sync run waiting on the table",
+            30,
+        )
+        results: list[subprocess.CompletedProcess[str]] = []
+        stopping = threading.Thread(
+            target=lambda: results.append(stack.ctl("stop", "all"))
+        )
+        started = time.monotonic()
+        stopping.start()
+        stack.wait_state("quota-sync", {"STOPPING"}, 10)
+        time.sleep(RUN_HELD_S)
+    stopping.join(timeout=STOPWAITSECS + 30)
     took_s = time.monotonic() - started
 
+    (stopped,) = results
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert took_s < STOPWAITSECS
     log = stack.supervisord_log()
@@ -224,6 +247,7 @@ def test_stop_all_during_runs_exits_cleanly_within_stopwaitsecs(
         assert f"stopped: {name} (exit status 0)" in log, log
     assert "SIGKILL" not in log
     assert all(info.state == "STOPPED" for info in stack.processes().values())
-    quota = stack.log("quota-sync")
-    assert "shutdown_waiting worker=quota-sync" in quota
-    assert "run_done worker=quota-sync" in quota.split("shutdown_waiting")[-1]
+    quota = stack.log("quota-sync").split("shutdown_waiting worker=quota-sync")
+    assert len(quota) == 2, "quota-sync had no run in flight to wait for"
+    assert "run_done worker=quota-sync" in quota[1]
+    assert "exit_code=0" in quota[1]
