@@ -48,12 +48,14 @@ def render_table(report: Report, console: Console) -> None:
         console.print(
             f"supervisord at {report.socket_path}: {len(report.rows)} processes",
             highlight=False,
+            soft_wrap=True,
         )
     else:
         console.print(
             f"{report.supervisor_error}; showing the stats files only",
             style=PROBLEM_STYLE,
             highlight=False,
+            soft_wrap=True,
         )
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
