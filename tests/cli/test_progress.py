@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import pty
-import subprocess
 import threading
 from pathlib import Path
 
@@ -13,7 +10,8 @@ import redis
 
 from ferry.config import CommonSettings
 from ferry.runtime import RunContext, Runner, RunOutcome, Schedule, Worker
-from tests.conftest import REPO, ferry_cmd, run_ferry
+from tests.cli.terminal import run_on_terminal
+from tests.conftest import ferry_cmd, run_ferry
 
 KEYS = 20_000
 
@@ -62,28 +60,8 @@ def test_a_manual_run_draws_a_bar_on_a_terminal_only(
     assert "\x1b" not in plain.stderr and "steps" not in plain.stderr
 
     rclient.incr("quota:a1:m")
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        ferry_cmd("run", "quota-sync", "--once"),
-        env={**ferry_env, "TERM": "xterm"},
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=follower,
-    )
-    os.close(follower)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(leader)
-    assert proc.wait(timeout=60) == 0
-    text = seen.decode(errors="replace")
+    code, text = run_on_terminal(ferry_cmd("run", "quota-sync", "--once"), ferry_env)
+    assert code == 0
     assert "quota-sync" in text and " steps" in text
     # The log lines still arrive, whole, above the bar.
     assert "run_done worker=quota-sync instance=quota-sync synced=1 " in text

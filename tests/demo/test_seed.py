@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import pty
 import re
 import subprocess
 import sys
@@ -11,6 +9,7 @@ import sys
 import redis
 
 from ferry.demo.seed import BAD_KEYS, BAD_VALUES, key_count
+from tests.cli.terminal import run_on_terminal
 from tests.conftest import REPO, run_ferry
 
 ACCOUNTS = 500
@@ -68,28 +67,11 @@ def test_quota_sync_skips_and_counts_every_bad_key_and_value_of_the_seed(
 def test_seed_draws_a_progress_bar_on_a_terminal(
     ferry_env: dict[str, str], rclient: redis.Redis
 ) -> None:
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
+    code, text = run_on_terminal(
         [sys.executable, "-m", "ferry.demo.seed"],
-        env={**ferry_env, "FERRY_DEMO_ACCOUNTS": "20000", "TERM": "xterm"},
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=follower,
+        {**ferry_env, "FERRY_DEMO_ACCOUNTS": "20000"},
     )
-    os.close(follower)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(leader)
-    assert proc.wait(timeout=60) == 0
-    text = seen.decode(errors="replace")
+    assert code == 0
     assert "seeding" in text
     assert "96013/96013" in text
     assert "seed_done accounts=20000" in text
