@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psycopg
+
 # Long enough for a cold initdb or a loaded CI machine; a server that is not
 # up by then is broken, not slow.
 START_TIMEOUT_S = 30
@@ -168,7 +170,21 @@ class PrivatePostgres:
             start_new_session=True,
         )
         _wait_port(self.port, self.proc, "postgres")
+        self._wait_ready()
         return self
+
+    def _wait_ready(self) -> None:
+        # The port opens before recovery ends ("the database system is
+        # starting up"); a test wants a server that takes queries.
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                psycopg.connect(self.url, connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def kill(self) -> None:
         """SIGKILL the postmaster and every backend at once."""
