@@ -24,7 +24,6 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
@@ -58,13 +57,11 @@ class HeartbeatWatch:
         *,
         stale_limit_s: float,
         cooldown_s: float,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.supervisor = supervisor
         self.state_dir = state_dir
         self.stale_limit_s = stale_limit_s
         self.cooldown_s = cooldown_s
-        self._clock = clock
         self._restarted_at: dict[str, float] = {}
         self._suppressed: set[str] = set()
         self._unreachable = False
@@ -85,7 +82,9 @@ class HeartbeatWatch:
                 )
             self._unreachable = True
             return []
-        self._unreachable = False
+        if self._unreachable:
+            logger.info("watch_resumed %s", kv({"socket": report.socket_path}))
+            self._unreachable = False
 
         restarted = []
         for row in report.rows:
@@ -103,7 +102,7 @@ class HeartbeatWatch:
 
     def _allowed(self, row: Row) -> bool:
         last = self._restarted_at.get(row.name)
-        if last is None or self._clock() - last >= self.cooldown_s:
+        if last is None or time.monotonic() - last >= self.cooldown_s:
             return True
         if row.name not in self._suppressed:
             self._suppressed.add(row.name)
@@ -115,7 +114,7 @@ class HeartbeatWatch:
                         "reason": "cooldown",
                         "heartbeat_age_s": _seconds(row.heartbeat_age_s),
                         "next_allowed_in_s": round(
-                            self.cooldown_s - (self._clock() - last)
+                            self.cooldown_s - (time.monotonic() - last)
                         ),
                     }
                 ),
@@ -124,7 +123,7 @@ class HeartbeatWatch:
 
     def _restart(self, row: Row, process: ProcessInfo) -> None:
         namespec = process.namespec
-        self._restarted_at[row.name] = self._clock()
+        self._restarted_at[row.name] = time.monotonic()
         self._suppressed.discard(row.name)
         logger.warning(
             "restart_program %s",
