@@ -140,13 +140,6 @@ def test_counter_names_prometheus_refuses_are_cleaned_and_clashes_dropped() -> N
     assert "ferry_flag" not in found
 
 
-@pytest.mark.xfail(
-    reason="CounterSync.counters() reads len(self.memory) from the heartbeat"
-    " thread while a run holds the Rust memory mutably, so the heartbeat can"
-    " raise 'Already mutably borrowed' and the worker dies; it passes once"
-    " counters() stops touching the memory during a run",
-    strict=False,
-)
 def test_a_real_worker_writes_whole_files_while_read_hard(
     ferry_env: dict[str, str], state_dir: Path, rclient: redis.Redis
 ) -> None:
