@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
