@@ -16,7 +16,8 @@ less than its row last saw has started again from nothing (it was removed, or
 expired, and written again): what it holds now is added to the total. A key
 of a closed day that had no row yet is a late increment too. A key of a
 closed day that has gone leaves its row as it is, whatever the absent pass of
-the walk says.
+the walk says. A late total that would pass 2^63 - 1 is not written: the row
+keeps its total, and the run counts and logs it as overflowed.
 
 Removal. Only with FERRY_DAILY_ROLLUP_DELETE_CLOSED_KEYS, and only after the
 commit: each key a closed row still counts on is deleted if it still holds
@@ -38,7 +39,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
 import psycopg
@@ -115,36 +116,48 @@ return result
 # or, when the key holds less than the row saw, takes what it holds on top of
 # the whole total. Only days in daily_usage_days are joined, so the staged
 # rows of open days are dropped against a small table, not probed one by one.
+# The new total is summed as numeric: one past 2^63 - 1 would otherwise fail
+# the run, and every run after it, with "bigint out of range"; such a row is
+# kept as it is and reported instead.
 CLOSED_ROWS_SQL = """
-WITH changed AS (
-    UPDATE daily_usage AS t
-    SET carried = c.carried, value = c.value, synced_at = %(synced_at)s
+WITH moved AS (
+    SELECT d.day, d.account_id, d.metric, d.value AS before, s.value AS held,
+        CASE WHEN s.value >= d.value - d.carried
+            THEN d.carried ELSE d.value END AS carried
     FROM (
-        SELECT d.day, d.account_id, d.metric, d.value AS before,
-            CASE WHEN s.value >= d.value - d.carried
-                THEN d.carried ELSE d.value END AS carried,
-            CASE WHEN s.value >= d.value - d.carried
-                THEN d.carried + s.value ELSE d.value + s.value END AS value
-        FROM (
-            SELECT DISTINCT ON (day, account_id, metric)
-                day, account_id, metric, value
-            FROM daily_usage_staging
-            WHERE day IN (SELECT day FROM daily_usage_days)
-            ORDER BY day, account_id, metric
-        ) AS s
-        JOIN daily_usage AS d USING (day, account_id, metric)
-        WHERE d.closed
-            AND s.value <> d.value - d.carried
-            AND d.synced_at <= %(synced_at)s
-    ) AS c
+        SELECT DISTINCT ON (day, account_id, metric)
+            day, account_id, metric, value
+        FROM daily_usage_staging
+        WHERE day IN (SELECT day FROM daily_usage_days)
+        ORDER BY day, account_id, metric
+    ) AS s
+    JOIN daily_usage AS d USING (day, account_id, metric)
+    WHERE d.closed
+        AND s.value <> d.value - d.carried
+        AND d.synced_at <= %(synced_at)s
+), summed AS (
+    SELECT *, carried::numeric + held AS total,
+        carried::numeric + held
+            BETWEEN -9223372036854775808 AND 9223372036854775807 AS fits
+    FROM moved
+), changed AS (
+    UPDATE daily_usage AS t
+    SET carried = c.carried, value = c.total::bigint, synced_at = %(synced_at)s
+    FROM summed AS c
     WHERE (t.day, t.account_id, t.metric) = (c.day, c.account_id, c.metric)
+        AND c.fits
     RETURNING t.day, t.account_id, t.metric, c.before, t.value AS after
 )
 SELECT count(*), count(*) FILTER (WHERE after <> before),
     (SELECT coalesce(json_agg(e), '[]') FROM (
         SELECT day, account_id, metric, before, after FROM changed
         WHERE after <> before ORDER BY day, account_id, metric LIMIT %(examples)s
-    ) AS e)
+    ) AS e),
+    (SELECT count(*) FROM summed WHERE NOT fits),
+    (SELECT coalesce(json_agg(o), '[]') FROM (
+        SELECT day, account_id, metric, carried, held FROM summed
+        WHERE NOT fits ORDER BY day, account_id, metric LIMIT %(examples)s
+    ) AS o)
 FROM changed
 """
 
@@ -165,10 +178,14 @@ ON CONFLICT (day) DO NOTHING
 RETURNING day
 """
 
+# A day already listed is closed whatever the grace period says now: had the
+# grace been lengthened since, a late key of that day would otherwise stay
+# open and be counted late again in every run.
 CLOSE_ROWS_SQL = """
 UPDATE daily_usage
 SET closed = true, closed_at = %(synced_at)s, synced_at = %(synced_at)s
-WHERE NOT closed AND day < %(close_before)s
+WHERE NOT closed
+    AND (day < %(close_before)s OR day IN (SELECT day FROM daily_usage_days))
 """
 
 # Closed rows whose key still holds part of the value, one page after `after`.
@@ -247,6 +264,8 @@ class RunNotes:
     closed_rows: int = 0
     late: int = 0
     examples: list[str] = field(default_factory=list)
+    overflowed: int = 0
+    overflow_examples: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -290,6 +309,7 @@ class DailyRollup(CounterSync):
                 "closed_days": 0,
                 "closed_rows": 0,
                 "late_increments": 0,
+                "late_overflowed": 0,
                 "keys_removed": 0,
                 "removal_failures": 0,
             }
@@ -320,8 +340,20 @@ class DailyRollup(CounterSync):
         ).fetchone()
         if row is None:
             return 0
-        written, late, examples = cast(tuple[int, int, list[dict[str, Any]]], row)
+        written, late, examples, overflowed, too_big = cast(
+            tuple[int, int, list[dict[str, Any]], int, list[dict[str, Any]]], row
+        )
         notes.late = late
+        notes.overflowed = overflowed
+        notes.overflow_examples = [
+            self._describe(
+                date.fromisoformat(e["day"]),
+                e["account_id"],
+                e["metric"],
+                f"{e['carried']}+{e['held']}",
+            )
+            for e in too_big
+        ]
         notes.examples = [
             self._describe(
                 date.fromisoformat(e["day"]),
@@ -350,9 +382,11 @@ class DailyRollup(CounterSync):
                 for _, day, account, metric, value in late_new[:room]
             )
 
+        # The session's time zone (the server's default, or PGTZ) decides
+        # the zone of `synced_at`; days end at midnight UTC.
         params = {
             "synced_at": synced_at,
-            "close_before": (synced_at - self.close_grace).date(),
+            "close_before": (synced_at.astimezone(UTC) - self.close_grace).date(),
         }
         days = conn.execute(CLOSE_DAYS_SQL, params).fetchall()
         notes.closed_days = sorted(cast(date, day) for (day,) in days)
@@ -361,6 +395,7 @@ class DailyRollup(CounterSync):
             "closed_days": len(notes.closed_days),
             "closed_rows": notes.closed_rows,
             "late_increments": notes.late,
+            "late_overflowed": notes.overflowed,
         }
 
     def after_commit(self, client: redis_store.Client) -> dict[str, int | float | str]:
@@ -369,6 +404,7 @@ class DailyRollup(CounterSync):
         self._counters["closed_days"] += len(notes.closed_days)
         self._counters["closed_rows"] += notes.closed_rows
         self._counters["late_increments"] += notes.late
+        self._counters["late_overflowed"] += notes.overflowed
         if notes.closed_days:
             logger.info(
                 "days_closed %s",
@@ -389,6 +425,18 @@ class DailyRollup(CounterSync):
                         "count": notes.late,
                         "action": "added to the closed days' totals",
                         "examples": "; ".join(notes.examples),
+                    }
+                ),
+            )
+        if notes.overflowed:
+            logger.warning(
+                "late_overflowed %s",
+                kv(
+                    {
+                        "worker": self.name,
+                        "count": notes.overflowed,
+                        "action": "row kept; the key's value is not counted",
+                        "examples": "; ".join(notes.overflow_examples),
                     }
                 ),
             )
