@@ -1,6 +1,7 @@
 //! Audit events from the `audit:events` stream: checking their fields and encoding the good
 //! ones as `audit_log` COPY tuples; the others become dead letters with their raw fields.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -14,6 +15,10 @@ use crate::timestamp::{parse_event_time, TimestampError};
 /// Columns of an `audit_log` tuple: stream_id, actor_id, action, target_type, target_id, ip,
 /// occurred_at, metadata.
 const AUDIT_COLUMNS: i16 = 8;
+
+/// Fractional-second digits kept of an `occurred_at`: Postgres stores microseconds. Clients
+/// in Go (`RFC3339Nano`) and Java (`Instant.toString`) write nine digits.
+const KEPT_FRACTION_DIGITS: usize = 6;
 
 /// Reason given for an entry that `XAUTOCLAIM` or `XRANGE` reports without fields.
 pub const DELETED_REASON: &str = "entry was deleted from the stream";
@@ -108,7 +113,7 @@ fn check_event<'a>(id: &'a [u8], fields: &[(&'a [u8], &'a [u8])]) -> Result<Even
     let target_type = required("target_type")?;
     let target_id = required("target_id")?;
     let occurred_at = required("occurred_at")?;
-    let occurred_at = parse_event_time(occurred_at).map_err(|err| match err {
+    let occurred_at = parse_event_time(&cut_fraction(occurred_at)).map_err(|err| match err {
         TimestampError::Unrecognised => format!(
             "occurred_at is neither ISO 8601 with an offset nor epoch milliseconds: {}",
             str_repr(occurred_at)
@@ -141,6 +146,21 @@ fn check_event<'a>(id: &'a [u8], fields: &[(&'a [u8], &'a [u8])]) -> Result<Even
         occurred_at,
         metadata,
     })
+}
+
+/// `text` with a fractional second of more than six digits cut to six. Cut, not rounded, so
+/// that an event never moves into the next second (or day) than the one its client wrote.
+fn cut_fraction(text: &str) -> Cow<'_, str> {
+    let Some(dot) = text.find('.') else {
+        return Cow::Borrowed(text);
+    };
+    let fraction = &text[dot + 1..];
+    let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+    if digits <= KEPT_FRACTION_DIGITS {
+        return Cow::Borrowed(text);
+    }
+    let kept = dot + 1 + KEPT_FRACTION_DIGITS;
+    Cow::Owned(format!("{}{}", &text[..kept], &fraction[digits..]))
 }
 
 /// The field's text, `None` when it is absent, or the reason it cannot be stored.
@@ -371,6 +391,28 @@ mod tests {
         assert_eq!(
             reason(with(b"metadata", b"{\"a\": [\"x\\u0000\"]}")),
             "metadata contains \\u0000, which jsonb cannot store"
+        );
+    }
+
+    #[test]
+    fn cuts_fractions_beyond_microseconds() {
+        assert_eq!(
+            cut_fraction("2026-01-01T00:00:00.123456789Z"),
+            "2026-01-01T00:00:00.123456Z"
+        );
+        assert_eq!(
+            cut_fraction("2026-01-01T00:00:00.9999999+01:00"),
+            "2026-01-01T00:00:00.999999+01:00"
+        );
+        assert_eq!(
+            cut_fraction("2026-01-01T00:00:00.5Z"),
+            "2026-01-01T00:00:00.5Z"
+        );
+        assert_eq!(cut_fraction("1700000000000"), "1700000000000");
+        assert_eq!(
+            reason(with(b"occurred_at", b"2026-01-01T00:00:00.1234567890")),
+            "occurred_at is neither ISO 8601 with an offset nor epoch milliseconds: \
+             '2026-01-01T00:00:00.1234567890'"
         );
     }
 

@@ -114,6 +114,9 @@ def test_ipv6_is_encoded_as_inet() -> None:
             utc(2026, 3, 5, 14, 4, 56, 500000),
         ),
         (b"2026-03-05T12:34:56.000001Z", utc(2026, 3, 5, 12, 34, 56, 1)),
+        # Nanoseconds, as Go and Java clients write them, are cut to micros.
+        (b"2026-03-05T12:34:56.123456789Z", utc(2026, 3, 5, 12, 34, 56, 123456)),
+        (b"2026-03-05T12:34:56.9999999+01:00", utc(2026, 3, 5, 11, 34, 56, 999999)),
         (b"1772713496789", utc(2026, 3, 5, 12, 24, 56, 789000)),
         (b"-1000", utc(1969, 12, 31, 23, 59, 59)),
         (b"0", utc(1970, 1, 1)),
@@ -144,9 +147,9 @@ def test_occurred_at_forms(text: bytes, moment: datetime.datetime) -> None:
             "'2026-03-05T12:34:56'",
         ),
         (
-            good(occurred_at=b"2026-03-05T12:34:56.1234567Z"),
+            good(occurred_at=b"2026-03-05T12:34:56.Z"),
             "occurred_at is neither ISO 8601 with an offset nor epoch milliseconds: "
-            "'2026-03-05T12:34:56.1234567Z'",
+            "'2026-03-05T12:34:56.Z'",
         ),
         (
             good(occurred_at=b"99999999999999999"),

@@ -55,8 +55,21 @@ ON CONFLICT (stream_id) DO NOTHING
 """
 
 # Errors about a row's data, which splitting the batch can pin on one entry;
-# any other error (a lost connection, a full disk) fails the whole batch.
-ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
+# any other error (a lost connection, a full disk) fails the whole batch. A
+# row over one of Postgres's size limits (a jsonb string of 256 MiB or more)
+# is a program-limit error, not a data error, but it too is the row's own.
+ROW_ERRORS = (
+    psycopg.errors.DataError,
+    psycopg.errors.IntegrityError,
+    psycopg.errors.ProgramLimitExceeded,
+)
+# A dead letter's raw fields are kept whole up to this size; past it, values
+# over `DEAD_LETTER_VALUE_MAX_BYTES` (as JSON text) are replaced by that
+# length, `{"omitted_json_bytes": n}`, so that an
+# entry refused for its size is not refused again as a dead letter (jsonb
+# takes no string of 256 MiB or more).
+DEAD_LETTER_MAX_BYTES = 64 * 2**20
+DEAD_LETTER_VALUE_MAX_BYTES = 2**20
 
 
 @dataclass
@@ -155,10 +168,24 @@ def _insert_dead(conn: Conn, letters: list[DeadLetter]) -> None:
         cur.executemany(
             DEAD_LETTER_SQL,
             [
-                (entry_id.decode("ascii"), fields, reason)
+                (entry_id.decode("ascii"), _bounded(fields), reason)
                 for entry_id, fields, reason in letters
             ],
         )
+
+
+def _bounded(fields_json: str) -> str:
+    """The raw fields, with their largest values left out when they are huge."""
+    if len(fields_json) <= DEAD_LETTER_MAX_BYTES // 4:
+        return fields_json
+    if len(fields_json.encode("utf-8")) <= DEAD_LETTER_MAX_BYTES:
+        return fields_json
+    shown: dict[str, object] = json.loads(fields_json)
+    for name, value in shown.items():
+        size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+        if size > DEAD_LETTER_VALUE_MAX_BYTES:
+            shown[name] = {"omitted_json_bytes": size}
+    return json.dumps(shown, ensure_ascii=False, separators=(",", ":"))
 
 
 def _storable(raw: bytes) -> str | None:

@@ -8,7 +8,9 @@ empty dict, which could not be told from an entry without fields.
 
 Every Redis error leaves this module as `StoreError`, its cause kept. A group
 that has vanished (the stream was deleted) is created again and the command
-retried once.
+retried once; that includes a blocked read, which Redis ends with an
+"UNBLOCKED" error when the stream or group goes away under it. A stream that
+does not exist has nothing to trim.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ LENGTH_SCAN_PAGE_ENTRIES = 1000
 LENGTH_SCAN_MAX_ENTRIES = 100_000
 
 logger = logging.getLogger("ferry.workers.audit")
+
+# Error prefixes Redis gives when the group is gone: NOGROUP for a command on
+# it, UNBLOCKED for a read that was blocked while the stream or group was
+# deleted (Redis 7.0 and later).
+GROUP_MISSING_ERRORS = ("NOGROUP", "UNBLOCKED")
 
 Entry = tuple[bytes, dict[bytes, bytes] | None]
 StreamId = tuple[int, int]
@@ -168,7 +175,7 @@ class AuditStream:
             return {}
         first = min(ids, key=parse_id)
         last = max(ids, key=parse_id)
-        rows = self._call(
+        rows = self._group_call(
             lambda: self.client.xpending_range(
                 self.key, self.group, first, last, len(ids), self.consumer
             )
@@ -193,7 +200,15 @@ class AuditStream:
         pending, or one not yet delivered to it. 0 disables either limit.
         Returns the number of entries removed.
         """
-        keep_from = self._needed_from()
+        try:
+            groups = self.client.xinfo_groups(self.key)
+        except redis.ResponseError as exc:
+            if str(exc).startswith("no such key"):
+                return 0
+            raise StoreError(f"redis stream {self.key!r}: {exc}") from exc
+        except redis.RedisError as exc:
+            raise StoreError(f"redis stream {self.key!r}: {exc}") from exc
+        keep_from = self._needed_from(groups)
         cut: StreamId = (0, 0)
         if max_age_ms > 0:
             now_s, now_us = self._call(self.client.time)
@@ -237,10 +252,10 @@ class AuditStream:
 
     # -- helpers ----------------------------------------------------------
 
-    def _needed_from(self) -> StreamId | None:
+    def _needed_from(self, groups: list[dict[str, Any]]) -> StreamId | None:
         """The lowest id some group still needs, or None when none needs any."""
         needed: list[StreamId] = []
-        for group in self._call(lambda: self.client.xinfo_groups(self.key)):
+        for group in groups:
             if int(group["pending"]):
                 summary = self._call(
                     partial(self.client.xpending, self.key, group["name"])
@@ -286,7 +301,7 @@ class AuditStream:
         try:
             return command()
         except redis.ResponseError as exc:
-            if not str(exc).startswith("NOGROUP"):
+            if not str(exc).startswith(GROUP_MISSING_ERRORS):
                 raise StoreError(f"redis stream {self.key!r}: {exc}") from exc
         except redis.RedisError as exc:
             raise StoreError(f"redis stream {self.key!r}: {exc}") from exc
