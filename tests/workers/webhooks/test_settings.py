@@ -54,9 +54,9 @@ def test_lists_are_comma_separated_in_the_environment(
         ),
         (
             "FERRY_WEBHOOKS_LEASE_S",
-            "20",
-            "FERRY_WEBHOOKS_LEASE_S must be at least 2 times"
-            " FERRY_WEBHOOKS_ATTEMPT_DEADLINE_S (15.0 s), got '20'",
+            "30",
+            "FERRY_WEBHOOKS_LEASE_S must be at least 3 times"
+            " FERRY_WEBHOOKS_ATTEMPT_DEADLINE_S (15.0 s), got '30'",
         ),
         (
             "FERRY_WEBHOOKS_RETRY_SCHEDULE_S",

@@ -279,7 +279,10 @@ def test_one_dead_endpoint_does_not_hold_up_the_others(
     dead_ids = h.add_webhooks(db, dead, 12)
     live_ids = h.add_webhooks(db, live, 20)
     worker = h.worker(
-        max_in_flight=6, max_in_flight_per_endpoint=2, attempt_deadline_s=2.0
+        max_in_flight=6,
+        max_in_flight_per_endpoint=2,
+        attempt_deadline_s=2.0,
+        lease_s=10.0,
     )
     stopping = threading.Event()
     runs: list[RunOutcome] = []
@@ -493,3 +496,22 @@ def test_stop_past_the_deadline_cancels_and_releases_in_flight(
             0,
         )
         assert row["next_attempt_at"] <= datetime.now(UTC)
+
+
+def test_a_bug_in_delivery_fails_the_run_and_keeps_the_lease(
+    ferry_env: dict[str, str],
+    db: h.Conn,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("delivery bug")
+
+    monkeypatch.setattr("ferry.workers.webhooks.worker.attempt", broken)
+    [webhook_id] = h.add_webhooks(db, h.add_endpoint(db, receiver.url("/ok")))
+
+    with pytest.raises(RuntimeError, match=r"^delivery bug$"):
+        h.run(h.worker())
+    row = h.webhook(db, webhook_id)
+    assert row["status"] == "delivering"
+    assert row["locked_until"] > datetime.now(UTC)

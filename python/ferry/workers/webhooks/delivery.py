@@ -28,6 +28,7 @@ from ferry.runtime.stats import utc_now
 from ferry.workers.webhooks.errors import WebhookError
 from ferry.workers.webhooks.schedule import parse_retry_after
 from ferry.workers.webhooks.targets import parse_url
+from ferry.workers.webhooks.transport import POOL_EXTENSION
 
 USER_AGENT = f"ferry-webhooks/{__version__}"
 # Kept per attempt: enough for an error page's title or a JSON error, small
@@ -97,11 +98,13 @@ async def attempt(
     headers: Mapping[str, str],
     deadline_s: float,
     body_cap_bytes: int,
+    pool: object = None,
 ) -> AttemptResult:
     """POST `body` to `url` once, within `deadline_s`, and say what happened.
 
-    Never raises for anything the receiver or the network does; the result
-    carries it. Cancellation (shutdown) propagates to the caller.
+    `pool` names the connection pool to use (see `CheckedTransport`). Never
+    raises for anything the receiver or the network does; the result carries
+    it. Cancellation (shutdown) propagates to the caller.
     """
     started_at = utc_now()
     started = time.monotonic()
@@ -114,7 +117,11 @@ async def attempt(
         async with asyncio.timeout(deadline_s):
             target = parse_url(url)
             request = client.build_request(
-                "POST", target, content=body, headers=headers
+                "POST",
+                target,
+                content=body,
+                headers=headers,
+                extensions={POOL_EXTENSION: pool},
             )
             response = await client.send(request, stream=True)
             try:

@@ -16,9 +16,10 @@ from ferry.config import FerrySettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# A lease shorter than this many attempt deadlines leaves no room for the
-# wait on an endpoint's slot, the outcome write and a slow commit.
-LEASE_DEADLINES_MIN = 2
+# A row is attempted only with an attempt deadline plus a write margin (up
+# to one more deadline) of lease left; a lease of this many deadlines leaves
+# at least one deadline of it for the wait on the endpoint's slot.
+LEASE_DEADLINES_MIN = 3
 
 
 def _split(value: Any) -> Any:

@@ -28,6 +28,9 @@ from ferry.workers.webhooks.targets import TargetPolicy
 # Idle keep-alive connections are closed after this long; receivers commonly
 # drop them after 5 to 60 s, and a stale one costs a failed first write.
 KEEPALIVE_EXPIRY_S = 5.0
+# Request extension naming the pool a request belongs to (the worker passes
+# the endpoint id); requests without it share their origin's pool.
+POOL_EXTENSION = "ferry.pool"
 
 # Most specific first: the first match names the httpx error raised.
 _TRANSLATIONS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
@@ -136,8 +139,13 @@ class _ResponseBody(httpx.AsyncByteStream):
 class CheckedTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 over connections made by `CheckedBackend`; no proxies, no retries.
 
-    Environment proxies are ignored on purpose: a proxy would resolve the
-    name itself, out of the policy's reach.
+    Each origin (scheme, host, port), and within it each value of the
+    `ferry.pool` request extension, gets its own connection pool: httpcore
+    looks through every connection of a pool for each request, which with
+    one pool for a hundred endpoints cost more than the requests themselves
+    (benches/bench_webhooks.py: most of the CPU time). Environment proxies
+    are ignored on purpose: a proxy would resolve the name itself, out of
+    the policy's reach.
     """
 
     def __init__(
@@ -147,19 +155,36 @@ class CheckedTransport(httpx.AsyncBaseTransport):
         max_connections: int,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context or httpx.create_ssl_context(trust_env=False),
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=KEEPALIVE_EXPIRY_S,
-            http1=True,
-            http2=False,
-            retries=0,
-            network_backend=CheckedBackend(policy),
+        self._backend = CheckedBackend(policy)
+        self._ssl_context = ssl_context or httpx.create_ssl_context(trust_env=False)
+        self._max_connections = max_connections
+        self._pools: dict[tuple[object, ...], httpcore.AsyncConnectionPool] = {}
+
+    def _pool(self, request: httpx.Request) -> httpcore.AsyncConnectionPool:
+        url = request.url
+        origin = (
+            url.raw_scheme,
+            url.raw_host,
+            url.port,
+            request.extensions.get(POOL_EXTENSION),
         )
+        pool = self._pools.get(origin)
+        if pool is None:
+            pool = httpcore.AsyncConnectionPool(
+                ssl_context=self._ssl_context,
+                max_connections=self._max_connections,
+                max_keepalive_connections=self._max_connections,
+                keepalive_expiry=KEEPALIVE_EXPIRY_S,
+                http1=True,
+                http2=False,
+                retries=0,
+                network_backend=self._backend,
+            )
+            self._pools[origin] = pool
+        return pool
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send `request` through the pool; errors come out as httpx's."""
+        """Send `request` through its origin's pool; errors come out as httpx's."""
         url = request.url
         core_request = httpcore.Request(
             method=request.method,
@@ -171,10 +196,12 @@ class CheckedTransport(httpx.AsyncBaseTransport):
             ),
             headers=request.headers.raw,
             content=_request_body(request),
-            extensions=request.extensions,
+            extensions={
+                k: v for k, v in request.extensions.items() if k != POOL_EXTENSION
+            },
         )
         with _translated():
-            core_response = await self._pool.handle_async_request(core_request)
+            core_response = await self._pool(request).handle_async_request(core_request)
         return httpx.Response(
             status_code=core_response.status,
             headers=core_response.headers,
@@ -184,7 +211,9 @@ class CheckedTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
-        await self._pool.aclose()
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.aclose()
 
 
 def _request_body(request: httpx.Request) -> bytes:

@@ -202,6 +202,7 @@ class DeliveryRun:
         self.changed = asyncio.Event()
         self.write_ready = asyncio.Event()
         self.closing = False
+        self.crash: Exception | None = None
         self.signers: dict[tuple[str, tuple[str, ...]], Signer | SecretError] = {}
 
     async def main(self) -> RunOutcome:
@@ -210,6 +211,8 @@ class DeliveryRun:
         try:
             await self._loop(writer)
             await self._drain()
+            if self.crash is not None:
+                raise self.crash
             self.closing = True
             self.write_ready.set()
             await writer
@@ -228,6 +231,8 @@ class DeliveryRun:
         next_claim_at = 0.0
         drained = False
         while not self.ctx.stopping.is_set():
+            if self.crash is not None:
+                raise self.crash
             if writer.done():
                 writer.result()
                 return
@@ -334,6 +339,12 @@ class DeliveryRun:
         except asyncio.CancelledError:
             self._queue_release(row, 0.0)
             raise
+        except Exception as exc:
+            # A bug of ours, not the receiver's doing: the run fails, and the
+            # row keeps its lease and comes back when it runs out.
+            self.crash = exc
+            self.changed.set()
+            return
         finally:
             if waiting:
                 self.waiting_for_endpoint -= 1
@@ -372,6 +383,7 @@ class DeliveryRun:
                 headers=headers,
                 deadline_s=self.settings.attempt_deadline_s,
                 body_cap_bytes=self.settings.body_cap_bytes,
+                pool=row.endpoint_id,
             )
         finally:
             starts.remove(started)
