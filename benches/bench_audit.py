@@ -31,12 +31,12 @@ from typing import Any, cast
 
 import psycopg
 import redis
-from tests.servers import PrivateRedis
 
 from ferry.config import CommonSettings
 from ferry.runtime import RunContext
 from ferry.stores.migrate import migrate
 from ferry.workers.audit import AuditSettings, AuditWorker
+from tests.servers import PrivateRedis
 
 ADMIN_URL = os.environ.get(
     "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

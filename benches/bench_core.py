@@ -16,9 +16,9 @@ from typing import Protocol, cast
 
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
-from tests.core import reference
 
 from ferry import _core
+from tests.core import reference
 
 TEMPLATE = "quota:{account}:{metric}"
 METRICS = ("uploads", "bytes", "api_calls", "webhooks")

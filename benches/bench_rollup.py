@@ -28,12 +28,12 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import redis
-from tests.servers import PrivateRedis
 
 from ferry.config import CommonSettings
 from ferry.runtime import RunContext, RunOutcome, Schedule
 from ferry.stores.migrate import migrate
 from ferry.workers.daily_rollup import DailyRollup
+from tests.servers import PrivateRedis
 
 ADMIN_URL = os.environ.get(
     "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

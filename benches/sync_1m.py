@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 
 import psycopg
 import redis
-from tests.servers import PrivateRedis
 
 from ferry.config import CommonSettings
 from ferry.runtime import RunContext, Schedule
@@ -34,6 +33,7 @@ from ferry.stores import redis as redis_store
 from ferry.stores.migrate import migrate
 from ferry.workers import quota_sync
 from ferry.workers.counter_sync import CounterSync
+from tests.servers import PrivateRedis
 
 ADMIN_URL = os.environ.get(
     "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
