@@ -356,6 +356,23 @@ def test_rows_for_an_endpoint_seen_to_be_slow_are_deferred(
     assert len(receiver.requests()) == 2
 
 
+def test_a_row_that_cannot_finish_within_its_lease_is_released_unattempted(
+    ferry_env: dict[str, str], db: h.Conn, receiver: Receiver
+) -> None:
+    endpoint_id = h.add_endpoint(db, receiver.url("/slow?s=0.8"))
+    ids = h.add_webhooks(db, endpoint_id, 3)
+    # A 3 s lease leaves 1 s to start in (the deadline and the write margin
+    # take the rest); one slot at 0.8 s an attempt starts two in time.
+    worker = h.worker(max_in_flight_per_endpoint=1, attempt_deadline_s=1.0, lease_s=3)
+
+    outcome = h.run(worker)
+
+    assert (outcome.fields["delivered"], outcome.fields["released"]) == (2, 1)
+    assert len(receiver.requests()) == 2
+    row = h.webhook(db, ids[2])
+    assert (row["status"], row["attempts"], row["claim_token"]) == ("pending", 0, None)
+
+
 def test_secrets_never_reach_logs_attempts_or_errors(
     ferry_env: dict[str, str],
     db: h.Conn,

@@ -324,17 +324,17 @@ class DeliveryRun:
         return any(now - started > threshold for started in starts)
 
     async def _deliver(self, row: Claimed, lease_ends: float) -> None:
-        settings = self.settings
-        margin = min(WRITE_MARGIN_S, settings.attempt_deadline_s)
+        deadline_s = self.settings.attempt_deadline_s
+        latest_start = lease_ends - deadline_s - min(WRITE_MARGIN_S, deadline_s)
         waiting = True
         try:
             async with self._endpoint_slot(row.endpoint_id):
                 waiting = False
                 self.waiting_for_endpoint -= 1
-                if time.monotonic() + settings.attempt_deadline_s + margin > lease_ends:
-                    self._queue_release(row, 0.0)
-                    return
                 async with self.global_slots:
+                    if time.monotonic() > latest_start:
+                        self._queue_release(row, 0.0)
+                        return
                     result = await self._attempt(row)
         except asyncio.CancelledError:
             self._queue_release(row, 0.0)
