@@ -19,6 +19,10 @@ endpoints take turns instead of deadlocking.
 
 Nothing here keeps session state between transactions, so the connection
 may go through a transaction-mode pooler.
+
+An attempt lost with a process that died is counted in `attempts` but has
+no `webhook_attempts` row (nobody lived to write it), so attempt numbers of
+such a webhook have a gap where it was.
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ On shutdown (the runtime sets `ctx.stopping`) nothing new is claimed, rows
 not yet being sent are released at once, and attempts in flight get until
 shortly before the shutdown deadline, after which they are cancelled and
 released too: every held row is either recorded or due again.
+
+The caps are per process: N processes may have N times the per-endpoint
+cap in flight to one endpoint. Leases are not renewed while a row waits for
+its endpoint; a row that waited too long is released unattempted instead.
 """
 
 from __future__ import annotations
