@@ -24,6 +24,7 @@ concurrently.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections import Counter
@@ -64,13 +65,18 @@ class Record:
     huge_bytes_sent: int = 0
     huge_finished: bool = False
     connections: int = 0
+    # TLS server names the clients asked for (SNI), when serving HTTPS.
+    server_names: list[str | None] = field(default_factory=list)
 
 
 class Receiver:
     """Serves until `stop()`; `url(path)` names an address on it."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.record = Record()
+        self.tls = tls
+        if tls is not None:
+            tls.sni_callback = self._note_server_name
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -92,7 +98,14 @@ class Receiver:
         self._thread.join(START_TIMEOUT_S)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{host}:{self.port}{path}"
+
+    def _note_server_name(
+        self, sock: ssl.SSLObject, name: str | None, context: ssl.SSLContext
+    ) -> None:
+        with self.record.lock:
+            self.record.server_names.append(name)
 
     def requests(self, path_prefix: str = "") -> list[Received]:
         with self.record.lock:
@@ -105,7 +118,9 @@ class Receiver:
         self._loop = loop
         asyncio.set_event_loop(loop)
         self._server = loop.run_until_complete(
-            asyncio.start_server(self._connection, "127.0.0.1", 0, backlog=1024)
+            asyncio.start_server(
+                self._connection, "127.0.0.1", 0, backlog=1024, ssl=self.tls
+            )
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()

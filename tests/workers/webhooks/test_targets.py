@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Iterable
+import shutil
+import ssl
+import subprocess
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import httpcore
 import httpx
@@ -226,3 +230,68 @@ def test_worker_refuses_internal_target_and_sends_nothing(
     assert attempt["error"] == "refused_target"
     assert attempt["status_code"] is None
     assert receiver.record.connections == 0
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> Path:
+    """A self-signed certificate for the name `localhost`, key beside it."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "key.pem"),
+            "-out",
+            str(tmp_path / "cert.pem"),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return tmp_path / "cert.pem"
+
+
+@pytest.fixture
+def tls_receiver(certificate: Path) -> Iterator[Receiver]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificate, certificate.with_name("key.pem"))
+    server = Receiver(tls=context).start()
+    yield server
+    server.stop()
+
+
+def _https_get(url: str, certificate: Path) -> int:
+    async def fetch() -> int:
+        trust = ssl.create_default_context(cafile=str(certificate))
+        transport = CheckedTransport(LOOPBACK, max_connections=1, ssl_context=trust)
+        async with httpx.AsyncClient(transport=transport) as client:
+            return (await client.get(url)).status_code
+
+    return asyncio.run(fetch())
+
+
+def test_tls_verifies_the_name_while_connecting_to_the_checked_address(
+    tls_receiver: Receiver, certificate: Path
+) -> None:
+    status = _https_get(tls_receiver.url("/ok", host="localhost"), certificate)
+    assert status == 200
+    assert tls_receiver.record.server_names == ["localhost"]
+
+
+def test_tls_refuses_a_certificate_for_another_name(
+    tls_receiver: Receiver, certificate: Path
+) -> None:
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        _https_get(tls_receiver.url("/ok", host="127.0.0.1"), certificate)
+    assert tls_receiver.requests() == []

@@ -8,9 +8,8 @@ the name a second time. The connection pool is still keyed by host name, so
 TLS verifies the certificate against the name and a connection made for one
 host is never reused for another that shares its address.
 
-The tests exercise plain HTTP only; for HTTPS, httpcore passes the host
-name as the TLS server name and the default context checks the certificate
-against it, which no test here covers (it would need a local CA).
+For HTTPS, httpcore passes the host name as the TLS server name (SNI) and
+the context checks the certificate against that name, not the address.
 
 `CheckedTransport` carries requests from httpx to that pool and translates
 httpcore's errors into httpx's here, in one place; the policy's own errors
