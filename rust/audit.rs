@@ -228,7 +228,7 @@ fn write_event(copy: &mut CopyWriter, event: &Event<'_>) {
 /// The fields as a JSON object in stream order. Names and values that are not UTF-8 or hold
 /// NUL (which `jsonb` rejects) are kept as base64: a value as `{"base64": "..."}`, a name as
 /// the string `"base64:..."`, since object keys must be strings.
-fn raw_fields_json(fields: &[(&[u8], &[u8])]) -> String {
+pub fn raw_fields_json(fields: &[(&[u8], &[u8])]) -> String {
     let mut json = String::from("{");
     for (position, (name, value)) in fields.iter().enumerate() {
         if position > 0 {

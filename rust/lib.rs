@@ -26,6 +26,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bind::counter_sync::PageResult>()?;
     m.add_class::<bind::counter_sync::CounterSync>()?;
     m.add_function(wrap_pyfunction!(bind::audit::encode_audit, m)?)?;
+    m.add_function(wrap_pyfunction!(bind::audit::dead_letter_fields, m)?)?;
     m.add_class::<bind::audit::AuditBatch>()?;
     Ok(())
 }

@@ -11,6 +11,7 @@ __all__ = [
     "CounterSync",
     "KeyPattern",
     "PageResult",
+    "dead_letter_fields",
     "encode_audit",
     "parse_int",
 ]
@@ -164,4 +165,12 @@ def encode_audit(
 
     `fields` is None for an entry deleted from the stream. One bad entry never
     fails the batch; ValueError only when an item does not have this shape.
+    """
+
+def dead_letter_fields(fields: dict[bytes, bytes], /) -> str:
+    """One entry's fields as the JSON object text that dead letters carry.
+
+    Names and values that are not UTF-8 or hold NUL are base64: a value as
+    {"base64": "..."}, a name as "base64:...". ValueError when a name or value
+    is not bytes.
     """

@@ -3,7 +3,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use crate::audit::{encode_entries, Entry};
+use crate::audit::{encode_entries, raw_fields_json, Entry};
 use crate::bind::convert::{borrow_bytes, items, type_name};
 use crate::error::{CoreError, CoreResult};
 
@@ -97,4 +97,21 @@ pub fn encode_audit(py: Python<'_>, entries: &Bound<'_, PyAny>) -> CoreResult<Au
         rows: batch.rows,
         dead,
     })
+}
+
+/// The fields of one entry as the JSON object text dead letters carry: names and values that
+/// are not UTF-8 or hold NUL are base64, so the text always loads into `jsonb`.
+#[pyfunction]
+#[pyo3(signature = (fields, /))]
+pub fn dead_letter_fields(fields: &Bound<'_, PyDict>) -> CoreResult<String> {
+    let pairs: Vec<_> = fields.iter().collect();
+    let mut borrowed = Vec::with_capacity(pairs.len());
+    for (name, value) in &pairs {
+        let what = || "fields names and values".to_owned();
+        borrowed.push((
+            borrow_bytes(name, what, "bytes")?,
+            borrow_bytes(value, what, "bytes")?,
+        ));
+    }
+    Ok(raw_fields_json(&borrowed))
 }

@@ -245,3 +245,14 @@ def test_every_entry_is_stored_or_dead_lettered(entries: list[Fields | None]) ->
         assert why
         assert why == why.strip()
         assert "\n" not in why
+
+
+def test_dead_letter_fields_matches_what_encode_audit_dead_letters() -> None:
+    fields = {b"actor_id": b"\xff\x00", b"\xfename": b"ok", b"ip": b"1.2.3.4"}
+    ((_, from_batch, _),) = _core.encode_audit([(b"1-0", fields)]).dead
+    assert _core.dead_letter_fields(fields) == from_batch
+    assert json.loads(from_batch) == {
+        "actor_id": {"base64": "/wA="},
+        "base64:/m5hbWU=": "ok",
+        "ip": "1.2.3.4",
+    }

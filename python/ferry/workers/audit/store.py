@@ -15,7 +15,6 @@ reason. The rest of the batch lands.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections.abc import Sequence
@@ -97,18 +96,8 @@ def write_batch(
 
 
 def raw_fields_json(fields: dict[bytes, bytes]) -> str:
-    """Fields as JSON object text in the form the core gives dead letters.
-
-    Names and values that are not UTF-8 or hold NUL are base64: a value as
-    {"base64": "..."}, a name as "base64:...".
-    """
-    shown: dict[str, object] = {}
-    for name, value in fields.items():
-        text_name = _storable(name)
-        key = text_name if text_name is not None else "base64:" + _b64(name)
-        text_value = _storable(value)
-        shown[key] = text_value if text_value is not None else {"base64": _b64(value)}
-    return json.dumps(shown, ensure_ascii=False, separators=(",", ":"))
+    """Fields as JSON object text, in the core's dead-letter form."""
+    return _core.dead_letter_fields(fields)
 
 
 def _write(
@@ -186,15 +175,3 @@ def _bounded(fields_json: str) -> str:
         if size > DEAD_LETTER_VALUE_MAX_BYTES:
             shown[name] = {"omitted_json_bytes": size}
     return json.dumps(shown, ensure_ascii=False, separators=(",", ":"))
-
-
-def _storable(raw: bytes) -> str | None:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return None if "\0" in text else text
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
