@@ -1,4 +1,4 @@
-"""quota-sync against real Redis and Postgres: each rule of DESIGN section 1."""
+"""quota-sync against real Redis and Postgres: each rule of the counter sync."""
 
 from __future__ import annotations
 
