@@ -22,25 +22,19 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import os
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import psycopg
 import redis
 
+from benches.stores import bench_stores
 from ferry.config import CommonSettings
 from ferry.runtime import RunContext
-from ferry.stores.migrate import migrate
 from ferry.workers.audit import AuditSettings, AuditWorker
-from tests.servers import PrivateRedis
 
-ADMIN_URL = os.environ.get(
-    "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 STREAM = "audit:events"
 FILL_PIPELINE_EVENTS = 5_000
 # How often the watcher checks whether the worker has acknowledged all.
@@ -146,24 +140,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     args = parser.parse_args()
 
-    server = PrivateRedis().start()
-    name = f"ferry_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    db_url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    try:
-        migrate(db_url)
-        client = redis.Redis.from_url(server.url)
+    with bench_stores() as (redis_url, db_url):
+        client = redis.Redis.from_url(redis_url)
         fill(client, args.events)
         common = CommonSettings.model_validate(
-            {"redis_url": server.url, "database_url": db_url}
+            {"redis_url": redis_url, "database_url": db_url}
         )
 
         ferry_s = ferry_run(common, args.events, args.batch)
         with psycopg.connect(db_url) as conn:
             stored = conn.execute("SELECT count(*) FROM audit_log").fetchone()
             conn.execute("TRUNCATE audit_log")
-        naive_s = naive_run(server.url, db_url, args.batch)
+        naive_s = naive_run(redis_url, db_url, args.batch)
         ferry_rate = args.events / ferry_s
         naive_rate = args.events / naive_s
         print(
@@ -176,10 +164,6 @@ def main() -> None:
             f" speedup={ferry_rate / naive_rate:.1f}x"
         )
         client.close()
-    finally:
-        server.stop()
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

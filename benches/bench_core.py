@@ -4,9 +4,9 @@
 
 Each case parses and encodes one page of quota keys as quota-sync does: a
 page of 500 keys (one SCAN COUNT 500 page) and one of 100k keys (a tenth of
-the 1M-key sync that benches/sync_1m.py measures end to end). "new" is a first run, where every key is
-written; "unchanged" is the steady state, where every value equals the
-remembered one and no row is written.
+the 1M-key sync that benches/sync_1m.py measures end to end). "new" is a
+first run, where every key is written; "unchanged" is the steady state,
+where every value equals the remembered one and no row is written.
 """
 
 from __future__ import annotations

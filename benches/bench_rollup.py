@@ -19,25 +19,18 @@ runs can be compared between commits.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 import redis
 
+from benches.stores import bench_stores
 from ferry.config import CommonSettings
 from ferry.runtime import RunContext, RunOutcome, Schedule
-from ferry.stores.migrate import migrate
 from ferry.workers.daily_rollup import DailyRollup
-from tests.servers import PrivateRedis
 
-ADMIN_URL = os.environ.get(
-    "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 METRICS = ("uploads", "bytes", "downloads", "api_calls")
 DAY = (datetime.now(UTC) - timedelta(days=3)).date()
 # Keeps the bench's day open for the cold and steady runs.
@@ -96,17 +89,11 @@ def main() -> None:
     parser.add_argument("--delete", action="store_true")
     args = parser.parse_args()
 
-    server = PrivateRedis().start()
-    name = f"ferry_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    db_url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    try:
-        migrate(db_url)
-        client = redis.Redis.from_url(server.url)
+    with bench_stores() as (redis_url, db_url):
+        client = redis.Redis.from_url(redis_url)
         fill(client, args.keys)
         common = CommonSettings.model_validate(
-            {"redis_url": server.url, "database_url": db_url}
+            {"redis_url": redis_url, "database_url": db_url}
         )
 
         worker = make(common, args, OPEN_GRACE_S)
@@ -131,10 +118,6 @@ def main() -> None:
             f"keys_removed={close.fields.get('keys_removed', 0)} wall_s={close_s:.2f}"
         )
         client.close()
-    finally:
-        server.stop()
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

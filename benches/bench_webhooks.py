@@ -22,18 +22,18 @@ import multiprocessing
 import os
 import threading
 import time
-import uuid
 from multiprocessing.connection import Connection
 from typing import Any
 
 import psycopg
-from tests.workers.webhooks.helpers import SECRET
-from tests.workers.webhooks.receiver import Receiver
 
 from ferry.config import CommonSettings
 from ferry.runtime import RunContext
 from ferry.stores.migrate import migrate
 from ferry.workers.webhooks import WebhooksSettings, WebhooksWorker
+from tests.servers import throwaway_database
+from tests.workers.webhooks.helpers import SECRET
+from tests.workers.webhooks.receiver import Receiver
 
 ADMIN_URL = os.environ.get(
     "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -111,30 +111,25 @@ def main() -> None:
     parser.add_argument("--endpoints", type=int, default=100)
     args = parser.parse_args()
 
-    name = f"ferry_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
     ours, theirs = multiprocessing.Pipe()
     child = multiprocessing.get_context("spawn").Process(target=serve, args=(theirs,))
     child.start()
     try:
-        migrate(url)
-        port = ours.recv()
-        scenario("all_ok", url, port, args.webhooks, args.endpoints, 0)
-        scenario(
-            "tenth_hanging",
-            url,
-            port,
-            args.webhooks,
-            args.endpoints,
-            args.endpoints // 10,
-        )
+        with throwaway_database("ferry_bench") as url:
+            migrate(url)
+            port = ours.recv()
+            scenario("all_ok", url, port, args.webhooks, args.endpoints, 0)
+            scenario(
+                "tenth_hanging",
+                url,
+                port,
+                args.webhooks,
+                args.endpoints,
+                args.endpoints // 10,
+            )
     finally:
         ours.send("stop")
         child.join(10)
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

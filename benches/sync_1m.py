@@ -17,27 +17,21 @@ compared between commits.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 
 import psycopg
 import redis
 
+from benches.stores import bench_stores
 from ferry.config import CommonSettings
 from ferry.runtime import RunContext, Schedule
 from ferry.stores import redis as redis_store
-from ferry.stores.migrate import migrate
 from ferry.workers import quota_sync
 from ferry.workers.counter_sync import CounterSync
-from tests.servers import PrivateRedis
 
-ADMIN_URL = os.environ.get(
-    "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 METRICS = ("uploads", "bytes", "downloads", "api_calls")
 
 
@@ -93,17 +87,11 @@ def main() -> None:
     parser.add_argument("--skip-naive", action="store_true")
     args = parser.parse_args()
 
-    server = PrivateRedis().start()
-    name = f"ferry_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    db_url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    try:
-        migrate(db_url)
-        client = redis.Redis.from_url(server.url)
+    with bench_stores() as (redis_url, db_url):
+        client = redis.Redis.from_url(redis_url)
         fill(client, args.keys)
         common = CommonSettings.model_validate(
-            {"redis_url": server.url, "database_url": db_url}
+            {"redis_url": redis_url, "database_url": db_url}
         )
         worker = CounterSync(
             quota_sync.NAME,
@@ -135,16 +123,12 @@ def main() -> None:
         if not args.skip_naive:
             with psycopg.connect(db_url, autocommit=True) as conn:
                 conn.execute("TRUNCATE quota_usage")
-            naive_s = naive(server.url, db_url, args.scan_count)
+            naive_s = naive(redis_url, db_url, args.scan_count)
             print(
                 f"naive_cold keys={args.keys} wall_s={naive_s:.2f} "
                 f"speedup={naive_s / cold_s:.1f}x"
             )
         client.close()
-    finally:
-        server.stop()
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,14 +20,11 @@ import redis
 from hypothesis import settings
 
 from ferry.stores.migrate import migrate
-from tests.servers import PrivateRedis
+from tests.servers import PrivateRedis, throwaway_database
 
 settings.register_profile("ferry", deadline=None, print_blob=True)
 settings.load_profile("ferry")
 
-ADMIN_URL = os.environ.get(
-    "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -56,15 +52,9 @@ def rclient(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
-    name = f"ferry_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    base = ADMIN_URL.rsplit("/", 1)[0]
-    url = f"{base}/{name}"
-    migrate(url)
-    yield url
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_database("ferry_test") as url:
+        migrate(url)
+        yield url
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ to run as root, so as root it is started as the `postgres` user.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -15,9 +16,12 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 # Long enough for a cold initdb or a loaded CI machine; a server that is not
 # up by then is broken, not slow.
@@ -213,3 +217,29 @@ class PrivatePostgres:
         self.stop()
         self._log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+ADMIN_URL = os.environ.get(
+    "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@contextlib.contextmanager
+def throwaway_database(prefix: str, admin_url: str = ADMIN_URL) -> Iterator[str]:
+    """A new empty database on `admin_url`'s server, dropped afterwards.
+
+    Yields its URL. Nothing is migrated; callers that want the schema run
+    `ferry.stores.migrate.migrate` on it.
+    """
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(name)
+                )
+            )

@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 from ferry.stores.migrate import migrate, schema_files
-from tests.conftest import ADMIN_URL, run_ferry
+from tests.conftest import run_ferry
+from tests.servers import throwaway_database
 
 
 @pytest.fixture
 def empty_database() -> Iterator[str]:
-    name = f"ferry_migrate_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_database("ferry_migrate") as url:
+        yield url
 
 
 def test_migrate_applies_every_file_once(empty_database: str) -> None:
