@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -20,10 +19,11 @@ import redis
 
 from ferry.config import CommonSettings, load
 from ferry.errors import ConfigError
-from ferry.runtime import EXIT_OK, RunContext
+from ferry.runtime import EXIT_OK
 from ferry.workers import audit
 from ferry.workers.audit import AuditWorker
 from tests.conftest import REPO, ferry_cmd, run_ferry
+from tests.workers.helpers import run
 
 Conn = psycopg.Connection[tuple[object, ...]]
 Fields = dict[str, str | bytes]
@@ -133,12 +133,6 @@ def make_worker(
     yield make
     for worker in built:
         worker.close()
-
-
-def run(worker: AuditWorker) -> dict[str, object]:
-    outcome = worker.run_once(RunContext(threading.Event()))
-    assert outcome.skipped is None
-    return {"synced": outcome.synced, **outcome.fields}
 
 
 @pytest.fixture

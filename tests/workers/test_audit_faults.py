@@ -15,9 +15,9 @@ import pytest
 import redis
 
 from ferry.config import CommonSettings, load
-from ferry.runtime import RunContext
 from ferry.workers import audit
 from ferry.workers.audit import AuditWorker
+from tests.workers.helpers import run
 
 Conn = psycopg.Connection[tuple[object, ...]]
 Fields = dict[str, str | bytes]
@@ -80,12 +80,6 @@ def make_worker(
     yield make
     for worker in built:
         worker.close()
-
-
-def run(worker: AuditWorker) -> dict[str, object]:
-    outcome = worker.run_once(RunContext(threading.Event()))
-    assert outcome.skipped is None
-    return {"synced": outcome.synced, **outcome.fields}
 
 
 def stored(db: Conn) -> dict[str, datetime]:

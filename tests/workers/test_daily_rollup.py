@@ -15,10 +15,11 @@ import redis
 
 from ferry.config import CommonSettings, load
 from ferry.errors import ConfigError
-from ferry.runtime import EXIT_CONFIG, EXIT_OK, RunContext
+from ferry.runtime import EXIT_CONFIG, EXIT_OK
 from ferry.workers import daily_rollup
 from ferry.workers.daily_rollup import DailyRollup
 from tests.conftest import run_ferry
+from tests.workers.helpers import run
 
 Conn = psycopg.Connection[tuple[object, ...]]
 Row = tuple[int, bool, int]
@@ -51,12 +52,6 @@ def make_worker(ferry_env: dict[str, str]) -> Iterator[Factory]:
     yield make
     for worker in built:
         worker.close()
-
-
-def run(worker: DailyRollup) -> dict[str, object]:
-    outcome = worker.run_once(RunContext(threading.Event()))
-    assert outcome.skipped is None
-    return {"synced": outcome.synced, **outcome.fields}
 
 
 def rows(db: Conn) -> dict[tuple[date, str, str], Row]:

@@ -5,7 +5,6 @@ grace period changed after a day closed."""
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 
@@ -14,9 +13,9 @@ import pytest
 import redis
 
 from ferry.config import CommonSettings, load
-from ferry.runtime import RunContext
 from ferry.workers import daily_rollup
 from ferry.workers.daily_rollup import DailyRollup
+from tests.workers.helpers import run
 
 Conn = psycopg.Connection[tuple[object, ...]]
 Factory = Callable[[], DailyRollup]
@@ -43,12 +42,6 @@ def make_worker(ferry_env: dict[str, str]) -> Iterator[Factory]:
     yield make
     for worker in built:
         worker.close()
-
-
-def run(worker: DailyRollup) -> dict[str, object]:
-    outcome = worker.run_once(RunContext(threading.Event()))
-    assert outcome.skipped is None
-    return {"synced": outcome.synced, **outcome.fields}
 
 
 def closed(db: Conn) -> dict[tuple[date, str], tuple[int, bool]]:

@@ -22,6 +22,7 @@ from ferry.workers import quota_sync
 from ferry.workers.counter_sync import CounterSync
 from tests.conftest import REPO, ferry_cmd, run_ferry
 from tests.servers import PrivatePostgres, PrivateRedis
+from tests.workers.helpers import quota_rows, run
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -31,17 +32,6 @@ def worker(ferry_env: dict[str, str]) -> Iterator[CounterSync]:
     sync = quota_sync.build(load(CommonSettings))
     yield sync
     sync.close()
-
-
-def run(worker: CounterSync) -> dict[str, object]:
-    outcome = worker.run_once(RunContext(threading.Event()))
-    assert outcome.skipped is None
-    return {"synced": outcome.synced, **outcome.fields}
-
-
-def rows(db: Conn) -> dict[tuple[str, str], int]:
-    found = db.execute("SELECT account_id, metric, used FROM quota_usage").fetchall()
-    return {(str(a), str(m)): int(str(u)) for a, m, u in found}
 
 
 def stamps(db: Conn) -> set[datetime]:
@@ -57,8 +47,8 @@ def test_counters_are_mirrored_with_one_synced_at_per_run(
     before = datetime.now(UTC)
     figures = run(worker)
     assert figures["synced"] == 2001
-    assert rows(db)[("acct1999", "uploads")] == 1999
-    assert rows(db)[("acct1", "bytes")] == -42
+    assert quota_rows(db)[("acct1999", "uploads")] == 1999
+    assert quota_rows(db)[("acct1", "bytes")] == -42
     (stamp,) = stamps(db)
     assert before <= stamp <= datetime.now(UTC)
 
@@ -105,7 +95,7 @@ def test_a_key_returned_twice_by_scan_is_written_and_counted_once(
     sync.close()
     assert figures["synced"] == 2
     assert figures["duplicates"] == 2
-    assert rows(db) == {("a", "uploads"): 3, ("b", "uploads"): 4}
+    assert quota_rows(db) == {("a", "uploads"): 3, ("b", "uploads"): 4}
 
 
 @pytest.mark.parametrize(
@@ -128,7 +118,7 @@ def test_malformed_key_is_skipped_and_counted_without_failing_its_batch(
     figures = run(worker)
     assert figures["malformed"] == 1
     assert figures["synced"] == 10
-    assert len(rows(db)) == 10
+    assert len(quota_rows(db)) == 10
 
 
 @pytest.mark.parametrize(
@@ -155,7 +145,7 @@ def test_each_kind_of_invalid_value_is_skipped_and_counted(
     rclient.set("quota:good:uploads", "9223372036854775807")
     figures = run(worker)
     assert figures["invalid"] == 1
-    assert rows(db) == {("good", "uploads"): 9223372036854775807}
+    assert quota_rows(db) == {("good", "uploads"): 9223372036854775807}
 
 
 def test_empty_value_counts_as_zero(
@@ -163,7 +153,7 @@ def test_empty_value_counts_as_zero(
 ) -> None:
     rclient.set("quota:a:uploads", "")
     run(worker)
-    assert rows(db) == {("a", "uploads"): 0}
+    assert quota_rows(db) == {("a", "uploads"): 0}
 
 
 def test_bad_value_never_zeroes_a_good_row(
@@ -175,7 +165,7 @@ def test_bad_value_never_zeroes_a_good_row(
     figures = run(worker)
     assert figures["invalid"] == 1
     assert figures["zeroed"] == 0
-    assert rows(db) == {("a", "uploads"): 10}
+    assert quota_rows(db) == {("a", "uploads"): 10}
 
 
 def test_key_gone_from_a_complete_walk_is_written_as_zero(
@@ -186,7 +176,7 @@ def test_key_gone_from_a_complete_walk_is_written_as_zero(
     rclient.delete("quota:a:uploads")
     figures = run(worker)
     assert figures["zeroed"] == 1
-    assert rows(db) == {("a", "uploads"): 0, ("b", "uploads"): 20}
+    assert quota_rows(db) == {("a", "uploads"): 0, ("b", "uploads"): 20}
 
 
 class FailingWalk(CounterSync):
@@ -219,8 +209,8 @@ def test_incomplete_walk_touches_no_row(
     with pytest.raises(StoreError):
         failing.run_once(RunContext(threading.Event()))
     failing.on_failure()
-    assert set(rows(db).values()) == {1}
-    assert len(rows(db)) == 50
+    assert set(quota_rows(db).values()) == {1}
+    assert len(quota_rows(db)) == 50
 
 
 def test_unchanged_rows_are_not_rewritten(
@@ -247,7 +237,7 @@ def test_a_run_never_overwrites_newer_data(
     rclient.set("quota:a:uploads", 5)
     figures = run(worker)
     assert figures["synced"] == 0
-    assert rows(db) == {("a", "uploads"): 99}
+    assert quota_rows(db) == {("a", "uploads"): 99}
 
 
 def test_memory_is_reloaded_when_another_process_wrote_in_between(
@@ -265,7 +255,7 @@ def test_memory_is_reloaded_when_another_process_wrote_in_between(
     first.close()
     second.close()
     assert figures["synced"] == 1
-    assert rows(db) == {("a", "uploads"): 5}
+    assert quota_rows(db) == {("a", "uploads"): 5}
 
 
 def test_failed_run_forgets_memory_so_nothing_is_skipped_wrongly(
@@ -277,7 +267,7 @@ def test_failed_run_forgets_memory_so_nothing_is_skipped_wrongly(
     worker.on_failure()
     figures = run(worker)
     assert figures["synced"] == 1
-    assert rows(db) == {("a", "uploads"): 5}
+    assert quota_rows(db) == {("a", "uploads"): 5}
 
 
 def test_second_process_skips_while_the_lock_is_held(
@@ -318,7 +308,7 @@ def test_two_processes_started_together_sync_once_between_them(
         if "run_done" in line
     )
     assert synced == 50_000
-    assert len(rows(db)) == 50_000
+    assert len(quota_rows(db)) == 50_000
 
 
 def test_bad_setting_stops_start_up_with_one_line_naming_it(
@@ -379,7 +369,7 @@ def test_redis_restarted_mid_walk_fails_the_run_and_touches_no_row(
         with pytest.raises(StoreError, match="redis restarted during the walk"):
             sync.run_once(RunContext(threading.Event()))
         sync.on_failure()
-        assert rows(db) == {("a1", "uploads"): 1}
+        assert quota_rows(db) == {("a1", "uploads"): 1}
         client.close()
     finally:
         server.stop()
@@ -418,6 +408,6 @@ def test_postgres_killed_mid_run_fails_it_and_the_next_run_recovers(
         assert run(worker)["synced"] == 3000
         worker.close()
         with psycopg.connect(server.url) as conn:
-            assert rows(conn)[("a2999", "uploads")] == 2999
+            assert quota_rows(conn)[("a2999", "uploads")] == 2999
     finally:
         server.remove()

@@ -10,7 +10,6 @@ import json
 import random
 import string
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,12 +20,13 @@ import pytest
 import redis
 
 from ferry.config import CommonSettings, load
-from ferry.runtime import EXIT_OK, RunContext, Runner, Schedule
+from ferry.runtime import EXIT_OK, Runner, Schedule
 from ferry.stores import redis as redis_store
 from ferry.workers import quota_sync
 from ferry.workers.counter_sync import CounterSync
 from tests.conftest import REPO, ferry_cmd, run_ferry
 from tests.servers import PrivateRedis
+from tests.workers.helpers import quota_rows, run
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -36,17 +36,6 @@ def worker(ferry_env: dict[str, str]) -> Iterator[CounterSync]:
     sync = quota_sync.build(load(CommonSettings))
     yield sync
     sync.close()
-
-
-def run(worker: CounterSync) -> dict[str, object]:
-    outcome = worker.run_once(RunContext(threading.Event()))
-    assert outcome.skipped is None
-    return {"synced": outcome.synced, **outcome.fields}
-
-
-def rows(db: Conn) -> dict[tuple[str, str], int]:
-    found = db.execute("SELECT account_id, metric, used FROM quota_usage").fetchall()
-    return {(str(a), str(m)): int(str(u)) for a, m, u in found}
 
 
 def backend_pids(db: Conn) -> list[int]:
@@ -68,7 +57,7 @@ def test_key_of_another_type_is_invalid_and_never_zeroes_a_good_row(
     rclient.delete("quota:a:uploads")
     rclient.hset("quota:a:uploads", "field", "11")
     figures = run(worker)
-    assert rows(db) == {("a", "uploads"): 10}
+    assert quota_rows(db) == {("a", "uploads"): 10}
     assert figures["missing"] == 0
     assert figures["invalid"] == 1
 
@@ -80,7 +69,7 @@ def test_key_of_another_type_never_creates_a_row(
     rclient.rpush("quota:l:uploads", "1")
     rclient.set("quota:good:uploads", 3)
     figures = run(worker)
-    assert rows(db) == {("good", "uploads"): 3}
+    assert quota_rows(db) == {("good", "uploads"): 3}
     assert figures["missing"] == 0
 
 
@@ -97,7 +86,7 @@ def test_one_very_long_key_never_fails_its_batch(
     rclient.set(f"quota:{_random_text(10_000)}:uploads", 1)
     rclient.mset({f"quota:good{i}:uploads": i for i in range(20)})
     figures = run(worker)
-    assert len([k for k in rows(db) if k[0].startswith("good")]) == 20
+    assert len([k for k in quota_rows(db) if k[0].startswith("good")]) == 20
     assert figures["synced"] == 20
     assert figures["malformed"] == 1
 
@@ -113,7 +102,7 @@ def test_the_longest_accepted_key_is_written(
     rclient.set(key, 7)
     rclient.set(key + "x", 8)
     figures = run(worker)
-    assert rows(db) == {(account, "uploads"): 7}
+    assert quota_rows(db) == {(account, "uploads"): 7}
     assert figures["malformed"] == 1
 
 
@@ -128,7 +117,7 @@ def test_i64_edges_and_odd_but_valid_text_survive_the_round_trip(
     rclient.set("quota:'\";--:uploads", 4)
     rclient.set("quota:\uffff:uploads", 5)
     run(worker)
-    assert rows(db) == {
+    assert quota_rows(db) == {
         ("max", "uploads"): 2**63 - 1,
         ("min", "uploads"): -(2**63),
         ("é€😀", "bytes"): 1,
@@ -150,7 +139,7 @@ def test_binary_garbage_keys_and_values_are_counted_not_fatal(
         pipe.set(f"quota:g{i}:uploads", i)
     pipe.execute()
     figures = run(worker)
-    good = {k: v for k, v in rows(db).items() if k[0].startswith("g")}
+    good = {k: v for k, v in quota_rows(db).items() if k[0].startswith("g")}
     assert len(good) >= 300
     assert all(good[(f"g{i}", "uploads")] == i for i in range(300))
     assert int(str(figures["malformed"])) + int(str(figures["invalid"])) > 0
@@ -170,7 +159,7 @@ def test_many_bad_keys_log_a_few_examples_only(
     assert "malformed=20000" in done.stderr
     assert "invalid=20000" in done.stderr
     assert len(done.stderr) < 5000
-    assert rows(db) == {("good", "m"): 1}
+    assert quota_rows(db) == {("good", "m"): 1}
 
 
 # -- time: one clock per run, and rows declined by the age guard --------------
@@ -184,10 +173,10 @@ def test_value_declined_for_a_future_stamp_is_written_once_that_time_passes(
     rclient.set("quota:a:uploads", 5)
     first = run(worker)
     assert first["synced"] == 0
-    assert rows(db) == {("a", "uploads"): 99}
+    assert quota_rows(db) == {("a", "uploads"): 99}
     time.sleep(max((soon - datetime.now(UTC)).total_seconds(), 0) + 0.2)
     second = run(worker)
-    assert rows(db) == {("a", "uploads"): 5}
+    assert quota_rows(db) == {("a", "uploads"): 5}
     assert second["synced"] == 1
 
 
@@ -211,7 +200,7 @@ def test_an_odd_row_in_the_table_does_not_fail_every_run(
     db.execute("INSERT INTO quota_usage VALUES ('a:b', 'uploads', 1, now())")
     rclient.set("quota:good:uploads", 3)
     run(worker)
-    assert rows(db)[("good", "uploads")] == 3
+    assert quota_rows(db)[("good", "uploads")] == 3
 
 
 # -- connections ---------------------------------------------------------------
@@ -229,7 +218,7 @@ def test_postgres_connection_dropped_between_runs_next_run_succeeds(
     rclient.set("quota:a:uploads", 2)
     figures = run(worker)
     assert figures["synced"] == 1
-    assert rows(db) == {("a", "uploads"): 2}
+    assert quota_rows(db) == {("a", "uploads"): 2}
 
 
 def test_redis_connection_dropped_between_runs_next_run_succeeds(
@@ -240,7 +229,7 @@ def test_redis_connection_dropped_between_runs_next_run_succeeds(
     rclient.client_kill_filter(_type="normal", skipme=True)
     rclient.set("quota:a:uploads", 2)
     assert run(worker)["synced"] == 1
-    assert rows(db) == {("a", "uploads"): 2}
+    assert quota_rows(db) == {("a", "uploads"): 2}
 
 
 # -- the worker under the runtime -----------------------------------------------
@@ -310,8 +299,8 @@ def test_kill_9_mid_run_then_a_clean_run_leaves_every_row_right(
     proc.kill()
     proc.wait()
     # Nothing of the killed run is visible: the old rows are untouched.
-    assert rows(db)[("acct5", "uploads")] == -1
-    assert len(rows(db)) == 1000
+    assert quota_rows(db)[("acct5", "uploads")] == -1
+    assert len(quota_rows(db)) == 1000
     # The orphaned backend may hold the lock until it notices; the next
     # clean run may be skipped for that long, but must then finish the job.
     for _ in range(50):
@@ -320,7 +309,7 @@ def test_kill_9_mid_run_then_a_clean_run_leaves_every_row_right(
         if "run_done" in done.stderr:
             break
         time.sleep(0.2)
-    found = rows(db)
+    found = quota_rows(db)
     assert len(found) == total
     assert all(found[(f"acct{i}", "uploads")] == i for i in range(total))
 
@@ -379,7 +368,7 @@ def test_two_processes_interleaving_always_leave_the_table_equal_to_redis(
                 (f"a{i}", "uploads"): int(rclient.get(f"quota:a{i}:uploads") or 0)
                 for i in range(8)
             }
-            found = rows(db)
+            found = quota_rows(db)
             assert {k: found.get(k, 0) for k in expected} == expected, step
     finally:
         for host in hosts:
@@ -406,6 +395,6 @@ def test_redis_restarted_between_runs_next_run_reconnects(
         client.close()
         # The restarted server lost quota:a:uploads: a complete walk zeroes it.
         assert figures["zeroed"] == 1
-        assert rows(db) == {("a", "uploads"): 0, ("b", "uploads"): 6}
+        assert quota_rows(db) == {("a", "uploads"): 0, ("b", "uploads"): 6}
     finally:
         server.stop()
