@@ -98,8 +98,13 @@ def parse_since(text: str) -> datetime:
     """
     span = SPAN.match(text.strip())
     if span is not None:
-        seconds = int(span.group(1)) * SPAN_UNITS_S[span.group(2)]
-        return datetime.now(UTC) - timedelta(seconds=seconds)
+        try:
+            seconds = int(span.group(1)) * SPAN_UNITS_S[span.group(2)]
+            return datetime.now(UTC) - timedelta(seconds=seconds)
+        except (OverflowError, ValueError):
+            raise argparse.ArgumentTypeError(
+                f"--since {text} reaches before year 1; give a shorter span"
+            ) from None
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:

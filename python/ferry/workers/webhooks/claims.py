@@ -79,8 +79,10 @@ FROM picked, webhook_endpoints AS e
 WHERE w.id = picked.id AND e.id = w.endpoint_id
 RETURNING w.id, w.message_id, w.attempts + 1, w.attempts - w.attempt_base + 1,
     w.payload::text, e.id, e.url, e.secret,
+    -- A NULL among the old secrets signs nothing; left in, it would fail
+    -- every run that claims one of the endpoint's rows.
     CASE WHEN e.old_secrets_expire_at IS NULL OR e.old_secrets_expire_at > now()
-         THEN e.old_secrets ELSE '{}' END,
+         THEN array_remove(e.old_secrets, NULL) ELSE '{}' END,
     e.disabled_at IS NOT NULL
 """
 
@@ -92,13 +94,13 @@ SET status = CASE
              <= w.first_attempt_at + %(window_s)s * interval '1 second'
         THEN 'pending'
         ELSE 'failed' END,
-    attempts = w.attempts + (o.verdict <> 'disabled')::int,
+    attempts = w.attempts + (o.verdict NOT IN ('disabled', 'exhausted'))::int,
     next_attempt_at = CASE WHEN o.verdict = 'retry'
         THEN now() + o.delay_s * interval '1 second'
         ELSE w.next_attempt_at END,
     locked_until = NULL,
     claim_token = NULL,
-    last_status_code = CASE WHEN o.verdict = 'disabled'
+    last_status_code = CASE WHEN o.verdict IN ('disabled', 'exhausted')
         THEN w.last_status_code ELSE o.status_code END,
     last_error = CASE
         WHEN o.verdict = 'retry' AND now() + o.delay_s * interval '1 second'

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import math
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,10 @@ from datetime import UTC, datetime
 HTTP_GONE = 410
 # Only these statuses mean the receiver took the webhook.
 SUCCESS_STATUSES = range(200, 300)
+# Ten digits of seconds are over 300 years; a longer Retry-After only asks
+# for a very long wait, and converting it would fail (int() refuses more
+# than 4300 digits, float() overflows past about 309).
+RETRY_AFTER_DIGITS_MAX = 10
 
 
 class Verdict(enum.StrEnum):
@@ -32,22 +37,30 @@ class Verdict(enum.StrEnum):
     GONE = "gone"
     # The endpoint was already disabled; no request was sent.
     DISABLED = "disabled"
+    # The webhook fails unsent: attempts lost with processes that died used
+    # up its limit. Bounds a row that kills every process that sends it.
+    EXHAUSTED = "exhausted"
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
     """Seconds asked for by a `Retry-After` header, or None if absent or bad.
 
     Takes both forms of RFC 9110: a number of seconds, or an HTTP date (a
-    date in the past asks for 0 s). `now` must be timezone-aware.
+    date in the past asks for 0 s). A number too long to convert is
+    infinity, which the caller bounds. Never raises: the header is the
+    receiver's to write, and any text at all may come.
+    `now` must be timezone-aware.
     """
     if value is None:
         return None
     text = value.strip()
     if text.isascii() and text.isdigit():
+        if len(text.lstrip("0")) > RETRY_AFTER_DIGITS_MAX:
+            return math.inf
         return float(int(text))
     try:
         moment = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)

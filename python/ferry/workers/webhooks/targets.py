@@ -193,13 +193,18 @@ def parse_url(url: str) -> httpx.URL:
     """
     try:
         parsed = httpx.URL(url)
+        # Decoding the host's A-labels raises UnicodeError for one that is
+        # not valid punycode (`xn--`): a bad URL, not a failed run.
+        host = parsed.host
     except httpx.InvalidURL as exc:
         raise TargetError(f"endpoint URL is malformed: {exc}") from None
+    except UnicodeError as exc:
+        raise TargetError(f"endpoint URL host is not valid IDNA: {exc}") from None
     if parsed.scheme not in SCHEMES:
         raise TargetError(
             f"endpoint URL scheme must be http or https, got {parsed.scheme!r}"
         )
-    if not parsed.host:
+    if not host:
         raise TargetError("endpoint URL has no host")
     if parsed.userinfo:
         raise TargetError("endpoint URL must not carry a user name or password")

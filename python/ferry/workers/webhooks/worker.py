@@ -290,6 +290,7 @@ class DeliveryRun:
 
     def _dispatch(self, claim: Claim) -> None:
         backlog_max = self.settings.max_in_flight_per_endpoint * ENDPOINT_BACKLOG_ROUNDS
+        max_attempts = self.settings.max_attempts
         deferred = 0
         for row in claim.rows:
             self.held[row.webhook_id] = row
@@ -297,6 +298,14 @@ class DeliveryRun:
             if row.endpoint_disabled:
                 self._queue_outcome(
                     Outcome(row, Verdict.DISABLED, None, last_error="endpoint disabled")
+                )
+            elif row.round_attempt > max_attempts:
+                last_error = (
+                    f"all {max_attempts} attempts made, the last ones lost with"
+                    " processes that stopped while sending it"
+                )
+                self._queue_outcome(
+                    Outcome(row, Verdict.EXHAUSTED, None, last_error=last_error)
                 )
             elif self.backlog[row.endpoint_id] >= backlog_max and self._slow(
                 row.endpoint_id
