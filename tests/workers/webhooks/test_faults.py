@@ -133,3 +133,24 @@ def test_attempts_lost_with_dead_processes_count_against_the_limit(
         h.webhook(db, alive)["message_id"]
     ]
     assert h.webhook(db, alive)["attempts"] == 3
+
+
+def test_large_payloads_are_claimed_within_a_byte_budget(
+    ferry_env: dict[str, str], db: h.Conn, receiver: Receiver
+) -> None:
+    # Claims were bounded by rows only: 200 rows of a few MB each made one
+    # claim hundreds of MB, held in memory until every row was done.
+    endpoint_id = h.add_endpoint(db, receiver.url("/slow?s=0.3"))
+    payload = {"type": "upload.completed", "blob": "x" * 3_000_000}
+    ids = h.add_webhooks(db, endpoint_id, 8, payload=payload)
+
+    outcome = h.run(
+        h.worker(claim_max_bytes=8_000_000, attempt_deadline_s=3.0, lease_s=30.0)
+    )
+
+    assert outcome.fields["delivered"] == 8
+    assert [h.webhook(db, i)["status"] for i in ids] == ["delivered"] * 8
+    # 3 MB rows within 8 MB: a claim takes three (the third starts below
+    # the budget), then waits for them before taking more.
+    assert receiver.record.path_max_in_flight["/slow"] == 3
+    assert len(receiver.requests()) == 8

@@ -47,6 +47,9 @@ logger = logging.getLogger("ferry.webhooks.claims")
 
 AsyncConn = psycopg.AsyncConnection[TupleRow]
 
+# A byte budget no claim reaches: Postgres bigint's largest value.
+UNBOUNDED_BYTES = 2**63 - 1
+
 CLAIM_SQL = """
 WITH expired AS (
     SELECT id FROM upload_webhooks
@@ -65,6 +68,14 @@ WITH expired AS (
     UNION ALL
     SELECT id FROM due
     LIMIT %(batch)s
+), sized AS (
+    SELECT w.id, octet_length(w.payload::text) AS size,
+           sum(octet_length(w.payload::text)) OVER (ORDER BY w.id) AS upto
+    FROM picked JOIN upload_webhooks AS w ON w.id = picked.id
+), kept AS (
+    -- Rows up to the byte budget, and always the first: payloads of a few
+    -- MB would otherwise make one claim hundreds of MB. The rest stay due.
+    SELECT id FROM sized WHERE upto - size < %(max_bytes)s
 )
 UPDATE upload_webhooks AS w
 SET status = 'delivering',
@@ -75,15 +86,15 @@ SET status = 'delivering',
     attempts = w.attempts + (w.status = 'delivering')::int,
     first_attempt_at = coalesce(w.first_attempt_at, now()),
     updated_at = now()
-FROM picked, webhook_endpoints AS e
-WHERE w.id = picked.id AND e.id = w.endpoint_id
+FROM kept, webhook_endpoints AS e
+WHERE w.id = kept.id AND e.id = w.endpoint_id
 RETURNING w.id, w.message_id, w.attempts + 1, w.attempts - w.attempt_base + 1,
     w.payload::text, e.id, e.url, e.secret,
     -- A NULL among the old secrets signs nothing; left in, it would fail
     -- every run that claims one of the endpoint's rows.
     CASE WHEN e.old_secrets_expire_at IS NULL OR e.old_secrets_expire_at > now()
          THEN array_remove(e.old_secrets, NULL) ELSE '{}' END,
-    e.disabled_at IS NOT NULL
+    e.disabled_at IS NOT NULL, (SELECT count(*) FROM picked)
 """
 
 RECORD_SQL = """
@@ -198,6 +209,9 @@ class Claim:
     token: uuid.UUID
     rows: list[Claimed]
     lease_ends: float
+    # Due rows the statement found, before the byte budget cut them: fewer
+    # than asked means nothing more is due.
+    candidates: int = 0
 
 
 @dataclass(frozen=True)
@@ -273,17 +287,34 @@ class Store:
             except psycopg.Error as exc:
                 raise StoreError(f"webhooks {what} failed: {_first_line(exc)}") from exc
 
-    async def claim(self, batch: int, lease_s: float) -> Claim:
-        """Claim up to `batch` due rows for `lease_s` seconds."""
+    async def claim(
+        self, batch: int, lease_s: float, max_bytes: int = UNBOUNDED_BYTES
+    ) -> Claim:
+        """Claim up to `batch` due rows for `lease_s` seconds.
+
+        Payloads past `max_bytes` in total are left due, except the first row,
+        which is claimed whatever its size.
+        """
         token = uuid.uuid4()
         started = time.monotonic()
         async with self.session("claim") as conn:
             cursor = await conn.execute(
-                CLAIM_SQL, {"batch": batch, "token": token, "lease_s": lease_s}
+                CLAIM_SQL,
+                {
+                    "batch": batch,
+                    "token": token,
+                    "lease_s": lease_s,
+                    "max_bytes": max_bytes,
+                },
             )
             rows = await cursor.fetchall()
-        claimed = [_claimed(row, token) for row in rows]
-        return Claim(token=token, rows=claimed, lease_ends=started + lease_s)
+        claimed = [_claimed(row[:-1], token) for row in rows]
+        return Claim(
+            token=token,
+            rows=claimed,
+            lease_ends=started + lease_s,
+            candidates=int(rows[0][-1]) if rows else 0,
+        )
 
     async def release(self, rows: Sequence[Claimed], delay_s: float = 0.0) -> int:
         """Give rows back unattempted, due after `delay_s`; returns how many."""

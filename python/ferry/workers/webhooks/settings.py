@@ -53,6 +53,9 @@ class WebhooksSettings(FerrySettings):
     # a lease that runs out while its owner is alive lets a second process
     # send the same webhook at the same time.
     lease_s: float = Field(300.0, gt=0)
+    # Payload bytes one process holds in claimed rows not yet done: 200 rows
+    # of 5 MB would be 1 GB in one claim. A larger row is still taken, alone.
+    claim_max_bytes: int = Field(64 * 1024 * 1024, ge=1)
     # Response bytes read per attempt; past this the connection is dropped.
     body_cap_bytes: int = Field(64 * 1024, ge=1)
     # Deliveries in flight in one process, and to one endpoint from one

@@ -5,7 +5,8 @@ loop (`asyncio.run`) holding one Postgres connection and one httpx client.
 Within a run:
 
 - the auto pass runs whenever its interval has passed;
-- rows are claimed while there is room (in flight below the global cap);
+- rows are claimed while there is room (in flight below the global cap,
+  payload bytes held below `claim_max_bytes`);
   a claim that comes back full is followed by another as soon as there is
   room, a short one by a pause;
 - each row waits for a slot of its endpoint, then a global slot, then is
@@ -248,11 +249,19 @@ class DeliveryRun:
             now = time.monotonic()
             active = len(self.held) - self.waiting_for_endpoint
             room = hold_max - len(self.held)
-            if active < settings.max_in_flight and room > 0 and now >= next_claim_at:
+            room_bytes = settings.claim_max_bytes - sum(
+                len(row.body) for row in self.held.values()
+            )
+            if (
+                active < settings.max_in_flight
+                and min(room, room_bytes) > 0
+                and now >= next_claim_at
+            ):
                 asked = min(settings.claim_batch, room)
-                claim = await self.store.claim(asked, settings.lease_s)
+                claim = await self.store.claim(asked, settings.lease_s, room_bytes)
                 self._dispatch(claim)
-                drained = len(claim.rows) < asked
+                # Short of what was asked, and not because of the byte budget.
+                drained = len(claim.rows) == claim.candidates < asked
                 if not drained:
                     continue
                 next_claim_at = time.monotonic() + EMPTY_CLAIM_PAUSE_S
