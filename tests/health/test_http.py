@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,13 +14,15 @@ import pytest
 
 from ferry.config import CommonSettings, load
 from ferry.errors import ConfigError
-from ferry.health.http import HealthServer
+from ferry.health.http import REQUEST_TIMEOUT_S, HealthServer
 from ferry.health.settings import HealthSettings
 from ferry.runtime.stats import iso, utc_now
 from tests.conftest import run_ferry
 
 # A test token, not a secret of anything.
 TOKEN = "s3cret-token-of-enough-length"  # noqa: S105
+# Time for the server to notice the timeout and close, on a loaded machine.
+CLOSE_MARGIN_S = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -122,5 +126,49 @@ def test_the_listener_refuses_to_start_with_the_endpoint_on_and_no_token(
     assert done.stderr.strip() == (
         "ferry: configuration error: FERRY_HEALTH_HTTP_TOKEN is required when"
         " FERRY_HEALTH_HTTP_PORT is set, got None"
+    )
+    assert done.stdout == ""
+
+
+def test_an_idle_connection_is_closed_instead_of_holding_a_thread(
+    server: HealthServer,
+) -> None:
+    with socket.create_connection(("127.0.0.1", server.port)) as idle:
+        # Half a request line, then nothing, as a stuck or hostile client.
+        idle.sendall(b"GET /health HTTP/1.1\r\n")
+        idle.settimeout(REQUEST_TIMEOUT_S + CLOSE_MARGIN_S)
+        started = time.monotonic()
+        assert idle.recv(1024) == b""
+    assert time.monotonic() - started < REQUEST_TIMEOUT_S + CLOSE_MARGIN_S
+    # The server still answers everyone else.
+    assert httpx.get(url(server, "/health")).status_code == 401
+
+
+def test_a_query_string_does_not_change_the_answer(server: HealthServer) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    response = httpx.get(url(server, "/health?nocache=1"), headers=auth)
+    assert response.status_code == 503
+    assert response.json()["healthy"] is False
+    assert httpx.get(url(server, "/status?x"), headers=auth).status_code == 200
+    assert httpx.get(url(server, "/health?x"), headers={}).status_code == 401
+
+
+def test_a_port_already_taken_stops_the_listener_with_one_line(
+    ferry_env: dict[str, str],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **ferry_env,
+            "FERRY_HEALTH_HTTP_PORT": str(port),
+            "FERRY_HEALTH_HTTP_TOKEN": TOKEN,
+        }
+        done = run_ferry("health-listener", env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"ferry: configuration error: FERRY_HEALTH_HTTP_PORT {port} cannot be"
+        " bound on 127.0.0.1: Address already in use; choose a free port"
     )
     assert done.stdout == ""

@@ -43,11 +43,13 @@ class Listener:
 
     def send(self, event: str, payload: str) -> None:
         assert self.proc.stdin is not None
+        body = payload.encode()
+        # supervisord's `len` counts the payload's bytes.
         header = (
             f"ver:3.0 server:ferry serial:1 pool:heartbeat-watch poolserial:1"
-            f" eventname:{event} len:{len(payload)}\n"
+            f" eventname:{event} len:{len(body)}\n"
         )
-        self.proc.stdin.write((header + payload).encode())
+        self.proc.stdin.write(header.encode() + body)
         self.proc.stdin.flush()
 
     def finish(self, *, close_stdin: bool = False) -> tuple[int, str]:
@@ -99,3 +101,23 @@ def test_listener_exits_cleanly_when_supervisord_closes_its_stdin(
     code, err = listener.finish(close_stdin=True)
     assert code == 0
     assert "listener_stop reason=stdin_closed" in err
+
+
+def test_a_payload_with_non_ascii_text_is_read_to_its_byte_length(
+    listener: Listener,
+) -> None:
+    listener.expect(b"READY\n")
+    # A log event's data is whatever the program wrote; `len` is in bytes.
+    listener.send(
+        "PROCESS_LOG_STDOUT",
+        "processname:x groupname:x pid:1 channel:stdout\nnaïve café ✓",
+    )
+    listener.expect(b"RESULT 2\nOK")
+    listener.expect(b"READY\n")
+    listener.send("TICK_5", "when:1700000000")
+    listener.expect(b"RESULT 2\nOK")
+    listener.expect(b"READY\n")
+    listener.proc.send_signal(signal.SIGTERM)
+    code, err = listener.finish()
+    assert code == 0
+    assert "listener_stop reason=signal" in err

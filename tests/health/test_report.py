@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from datetime import UTC, datetime
@@ -9,8 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rich.console import Console
 
-from ferry.health.report import Report, assemble, collect, problems
+from ferry.health.report import FIGURES, Report, assemble, collect, problems
+from ferry.health.status import render_json, render_table
 from ferry.health.supervisor import ProcessInfo, Supervisor
 from ferry.runtime.stats import iso, utc_now
 
@@ -175,3 +180,95 @@ def test_unreachable_supervisord_is_a_problem_and_rows_come_from_stats_files(
 
 def iso_ago(seconds: float) -> str | None:
     return iso(datetime.fromtimestamp(time.time() - seconds, tz=UTC))
+
+
+def test_a_heartbeat_in_the_future_does_not_hide_a_hung_process(
+    tmp_path: Path,
+) -> None:
+    # A predecessor wrote it before the clock was stepped back an hour; the
+    # process running now, up ten minutes, has written nothing since.
+    ahead = iso_ago(-3600)
+    write_stats(tmp_path, "quota-sync", pid=1111, heartbeat_at=ahead)
+    assert lines(tmp_path, process("quota-sync", pid=2222, up_s=600)) == [
+        f"quota-sync: heartbeat_at {ahead} is in the future, ignored (was the"
+        " clock stepped back?)",
+        "quota-sync: heartbeat stale, last 600 s ago (limit 60 s)",
+    ]
+
+
+def test_a_heartbeat_in_the_future_is_stale_without_supervisord(
+    tmp_path: Path,
+) -> None:
+    ahead = iso_ago(-3600)
+    write_stats(tmp_path, "quota-sync", heartbeat_at=ahead)
+    built = assemble(
+        None,
+        tmp_path,
+        socket_path=SOCKET,
+        supervisor_error="supervisord is not reachable",
+        stale_limit_s=STALE_S,
+        now=time.time(),
+    )
+    assert problems(built, budget_margin_failures=1)[1:] == [
+        f"quota-sync: heartbeat_at {ahead} is in the future, ignored (was the"
+        " clock stepped back?)",
+        "quota-sync: heartbeat stale, no heartbeat (limit 60 s)",
+    ]
+    assert built.as_json()["processes"][0]["future_heartbeat"] == ahead
+
+
+def test_a_heartbeat_a_moment_ahead_still_counts(tmp_path: Path) -> None:
+    write_stats(tmp_path, "quota-sync", heartbeat_at=iso_ago(-1))
+    assert lines(tmp_path, process("quota-sync", up_s=600)) == []
+
+
+# Whatever a damaged, foreign or older stats file holds under the names the
+# report reads: huge integers, NaN, deep nesting, times that overflow.
+EDGE_VALUES = st.sampled_from(
+    [
+        10**400,
+        -(2**63),
+        float("nan"),
+        float("inf"),
+        "0001-01-01T00:00:00",
+        "9999-12-31T23:59:59",
+        "2026-01-02T03:04:05Z",
+    ]
+)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=30)
+    | EDGE_VALUES
+)
+JSON_VALUES = EDGE_VALUES | SCALARS | st.lists(SCALARS, max_size=3)
+STATS_KEYS = [*FIGURES, "pid", "error_window_runs", "worker", "started_at"]
+
+
+@given(figures=st.dictionaries(st.sampled_from(STATS_KEYS), JSON_VALUES))
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_status_and_health_never_fail_on_what_a_stats_file_holds(
+    tmp_path: Path, figures: dict[str, Any]
+) -> None:
+    (tmp_path / "quota-sync.json").write_text(json.dumps(figures))
+    for processes in ([process("quota-sync")], None):
+        built = assemble(
+            processes,
+            tmp_path,
+            socket_path=SOCKET,
+            supervisor_error=None if processes else "unreachable",
+            stale_limit_s=STALE_S,
+            now=time.time(),
+        )
+        assert problems(built, budget_margin_failures=1) is not None
+        render_table(built, Console(file=io.StringIO(), width=200))
+        json.loads(render_json(built).replace("NaN", "null"))
+
+
+def test_a_stats_file_nested_too_deep_is_reported_not_raised(tmp_path: Path) -> None:
+    (tmp_path / "quota-sync.json").write_text("[" * 100_000 + "]" * 100_000)
+    found = lines(tmp_path, process("quota-sync", up_s=3))
+    assert len(found) == 1
+    assert found[0].startswith("quota-sync: stats file unreadable: ")

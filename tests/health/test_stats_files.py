@@ -174,3 +174,43 @@ def test_a_real_worker_writes_whole_files_while_read_hard(
     final = json.loads(json_path.read_text())
     assert final["runs_completed"] >= 1
     assert final["rows_written"] == 2000
+
+
+def test_odd_counter_names_and_values_still_give_text_the_parser_reads() -> None:
+    text = prometheus_text(
+        snapshot(
+            1,
+            **{
+                "délivrés": 4,
+                "9lives": 9,
+                "": 1,
+                "nan_rate": float("nan"),
+                "ceiling": float("inf"),
+                "wide": 2**64,
+                "beyond_a_double": 10**400,
+                "beyond_ms": 10**400,
+                "note": "text is not a sample",
+            },
+        )
+    ).decode()
+    found = metrics(text)
+    assert found["ferry_d_livr_s"][0][1] == 4.0
+    assert found["ferry_9lives"][0][1] == 9.0
+    assert found["ferry_"][0][1] == 1.0
+    assert str(found["ferry_nan_rate"][0][1]) == "nan"
+    assert found["ferry_ceiling"][0][1] == float("inf")
+    assert found["ferry_wide"][0][1] == float(2**64)
+    # No float holds these; they are left out, and the rest still written.
+    assert "ferry_beyond_a_double" not in found
+    assert "ferry_beyond_seconds" not in found
+    assert "ferry_note" not in found
+    assert found["ferry_runs_completed"][0][1] == 1.0
+
+
+def test_a_counter_beyond_a_double_does_not_stop_the_stats_write(
+    tmp_path: Path,
+) -> None:
+    stats = StatsFile(tmp_path, "quota-sync")
+    stats.write(snapshot(3, huge=10**400))
+    assert json.loads(stats.json_path.read_text())["huge"] == 10**400
+    assert metrics(stats.prom_path.read_text())["ferry_runs_completed"][0][1] == 3.0

@@ -22,6 +22,7 @@ import psycopg
 import redis
 
 from ferry.runtime.stats import read
+from tests.conftest import run_ferry
 from tests.supervision.stack import PROCESSES, WORKER_PROCESSES, Stack
 
 StartStack = Callable[..., Stack]
@@ -38,6 +39,10 @@ FATAL_TIMEOUT_S = 40.0
 RUN_HELD_S = 1.5
 # A run whose heartbeat is this old is waiting on the lock, not walking.
 BLOCKED_S = 0.5
+# How long `ferry status` waits on a supervisord that does not answer, here.
+HUNG_RPC_TIMEOUT_S = 2.0
+# Importing Ferry and reading its settings, on a loaded machine.
+COMMAND_START_S = 5.0
 
 
 def own_stats(stack: Stack, name: str, pid: int) -> dict[str, Any] | None:
@@ -251,3 +256,30 @@ def test_stop_all_during_runs_exits_cleanly_within_stopwaitsecs(
     assert len(quota) == 2, "quota-sync had no run in flight to wait for"
     assert "run_done worker=quota-sync" in quota[1]
     assert "exit_code=0" in quota[1]
+
+
+def test_status_and_health_give_up_on_a_hung_supervisord_within_the_timeout(
+    start_stack: StartStack,
+) -> None:
+    stack = start_stack()
+    assert stack.proc is not None
+    env = {**stack.env, "FERRY_HEALTH_RPC_TIMEOUT_S": str(HUNG_RPC_TIMEOUT_S)}
+    socket_path = stack.run_dir / "supervisor.sock"
+    # Stopped, supervisord still holds its socket: connections are accepted
+    # by the kernel and never answered.
+    os.kill(stack.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        status = run_ferry("status", "--json", env=env)
+        health = run_ferry("health", env=env)
+        took_s = time.monotonic() - started
+    finally:
+        os.kill(stack.proc.pid, signal.SIGCONT)
+
+    assert status.returncode == 0, status.stderr
+    error = json.loads(status.stdout)["supervisor"]["error"]
+    assert error == f"supervisord is not reachable at {socket_path}: timed out"
+    assert health.returncode == 1
+    assert health.stdout.splitlines()[0] == f"{error}; judging by stats files only"
+    # Two commands, each one timeout plus start-up.
+    assert took_s < 2 * (HUNG_RPC_TIMEOUT_S + COMMAND_START_S)

@@ -10,7 +10,10 @@ reverse proxy's job, with its own TLS and access rules.
     GET /status   200 with the document of `ferry status --json`
 
 A request without `Authorization: Bearer <token>`, or with another token,
-gets 401 and nothing else. Tokens are compared in constant time.
+gets 401 and nothing else. Tokens are compared in constant time. A query
+string is ignored (monitors add cache-busters). A connection that has not
+sent its whole request within `REQUEST_TIMEOUT_S` is closed, so idle or
+slow clients cannot pile up threads.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 from ferry.config import CommonSettings
 from ferry.errors import ConfigError
@@ -34,6 +38,9 @@ LOOPBACK_HOST = "127.0.0.1"
 # A token shorter than this can be guessed; 16 characters of a random token
 # are at least 64 bits.
 TOKEN_MIN_CHARS = 16
+# Each connection holds a thread; a client on loopback sends its request in
+# milliseconds, so one still silent after this long is stuck or hostile.
+REQUEST_TIMEOUT_S = 5.0
 
 logger = logging.getLogger("ferry.health.http")
 
@@ -84,6 +91,8 @@ class HealthServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: HealthServer
+    # The socket timeout of every read and write on the connection.
+    timeout = REQUEST_TIMEOUT_S
 
     def do_GET(self) -> None:
         if not self._authorized():
@@ -93,11 +102,12 @@ class _Handler(BaseHTTPRequestHandler):
                 {"WWW-Authenticate": 'Bearer realm="ferry"'},
             )
             return
-        if self.path not in ("/health", "/status"):
+        path = urlsplit(self.path).path
+        if path not in ("/health", "/status"):
             self._send(HTTPStatus.NOT_FOUND, {"error": "not found"})
             return
         status, lines = self.server.documents()
-        if self.path == "/status":
+        if path == "/status":
             self._send(HTTPStatus.OK, status)
             return
         code = HTTPStatus.SERVICE_UNAVAILABLE if lines else HTTPStatus.OK
@@ -142,11 +152,17 @@ class _Handler(BaseHTTPRequestHandler):
 def start(settings: HealthSettings, common: CommonSettings) -> HealthServer:
     """Serve on `FERRY_HEALTH_HTTP_PORT` from a daemon thread.
 
-    Raises `ConfigError` for a token that is too short and `OSError` when the
-    port cannot be bound.
+    Raises `ConfigError` for a token that is too short or a port that cannot
+    be bound.
     """
     port = settings.http_port or 0
-    server = HealthServer(settings, common, port)
+    try:
+        server = HealthServer(settings, common, port)
+    except OSError as exc:
+        raise ConfigError(
+            f"FERRY_HEALTH_HTTP_PORT {port} cannot be bound on {LOOPBACK_HOST}:"
+            f" {exc.strerror or exc}; choose a free port"
+        ) from exc
     thread = threading.Thread(
         target=server.serve_forever, name="health-http", daemon=True
     )

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from supervisor import childutils
 
@@ -163,7 +163,7 @@ class _TermReceivedError(Exception):
 class _Protocol:
     """The listener side of supervisord's event protocol on two text streams."""
 
-    def __init__(self, stdin: TextIO, stdout: TextIO) -> None:
+    def __init__(self, stdin: BinaryIO, stdout: TextIO) -> None:
         self.stdin = stdin
         self.stdout = stdout
         self.waiting = False
@@ -187,8 +187,10 @@ class _Protocol:
             self.waiting = False
         if not line:
             return None
-        headers: dict[str, str] = childutils.get_headers(line)
-        # TICK payloads are ASCII, so their byte length is their text length.
+        headers: dict[str, str] = childutils.get_headers(line.decode())
+        # `len` counts bytes, so stdin is read as bytes: read as text, a
+        # payload with one non-ASCII character would leave the read waiting
+        # for a byte that never comes, and supervisord waiting for RESULT.
         self.stdin.read(int(headers["len"]))
         return headers
 
@@ -223,10 +225,10 @@ def serve(watch: HeartbeatWatch, protocol: _Protocol) -> str:
 def run(common: CommonSettings, settings: HealthSettings) -> int:
     """Run the listener on stdin and stdout until stopped; return the exit code.
 
-    Raises `ConfigError` when the HTTP endpoint is enabled with a bad token,
-    and `OSError` when its port cannot be bound.
+    Raises `ConfigError` when the HTTP endpoint is enabled with a bad token
+    or a port that cannot be bound.
     """
-    protocol = _Protocol(sys.stdin, sys.stdout)
+    protocol = _Protocol(sys.stdin.buffer, sys.stdout)
     signal.signal(signal.SIGTERM, protocol.on_term)
     if settings.http_port is not None:
         http.start(settings, common)

@@ -10,14 +10,17 @@ A heartbeat's age is judged by the newest evidence of life: the stats file's
 `heartbeat_at`, or the moment supervisord started the process, whichever is
 later. So a process that has just been restarted is not judged by the file
 its predecessor left, and one that never writes a stats file at all goes
-stale once it has been up longer than the limit.
+stale once it has been up longer than the limit. A `heartbeat_at` in the
+future is no evidence at all: the runtime writes the current time, so a
+later one means the clock was stepped back since, or the file is not this
+host's, and trusting it would hide a hung process until that moment came.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,11 @@ FIGURES = (
     "error_budget",
     "heartbeat_at",
 )
+# How far ahead of this host's clock a heartbeat may be and still count:
+# writer and reader share the clock, so only a stepped clock (NTP, a resumed
+# VM) or a file from elsewhere puts one ahead, and a second or two of
+# stepping is ordinary.
+FUTURE_HEARTBEAT_TOLERANCE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class Row:
     stats_error: str | None
     heartbeat_age_s: float | None
     stale: bool
+    future_heartbeat: str | None = None
 
     @property
     def state(self) -> str | None:
@@ -83,6 +92,7 @@ class Row:
             **{f"stats_{key}": figures.get(key) for key in FIGURES},
             "heartbeat_age_s": _round(self.heartbeat_age_s),
             "stale": self.stale,
+            "future_heartbeat": self.future_heartbeat,
             "stats_error": self.stats_error,
             "stats": self.stats,
         }
@@ -174,6 +184,11 @@ def _row_problems(row: Row, stale_limit_s: float, margin: int) -> list[str]:
     lines = []
     if row.stats_error is not None:
         lines.append(f"{row.name}: stats file unreadable: {row.stats_error}")
+    if row.future_heartbeat is not None:
+        lines.append(
+            f"{row.name}: heartbeat_at {row.future_heartbeat} is in the future,"
+            " ignored (was the clock stepped back?)"
+        )
     if row.stale:
         age = (
             "no heartbeat"
@@ -205,7 +220,9 @@ def _row(
     age = heartbeat_age_s(figures, process, now) if worker else None
     running = process is None or process.state == "RUNNING"
     stale = worker and running and (age is None or age > stale_limit_s)
-    return Row(name, worker, process, figures, error, age, stale)
+    beat = figures.get("heartbeat_at") if figures is not None else None
+    future = str(beat) if _ahead(unix_time(beat), now) else None
+    return Row(name, worker, process, figures, error, age, stale, future)
 
 
 def heartbeat_age_s(
@@ -214,8 +231,8 @@ def heartbeat_age_s(
     """Seconds since the newest sign of life (see the module docstring)."""
     moments = []
     if figures is not None:
-        beat = _unix(figures.get("heartbeat_at"))
-        if beat is not None:
+        beat = unix_time(figures.get("heartbeat_at"))
+        if beat is not None and not _ahead(beat, now):
             moments.append(beat)
     if process is not None and process.uptime_s is not None:
         moments.append(now - process.uptime_s)
@@ -224,21 +241,34 @@ def heartbeat_age_s(
     return max(now - max(moments), 0.0)
 
 
+def _ahead(moment: float | None, now: float) -> bool:
+    return moment is not None and moment - now > FUTURE_HEARTBEAT_TOLERANCE_S
+
+
 def _read(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     try:
         return stats.read(path), None
     except FileNotFoundError:
         return None, None
-    except (OSError, ValueError) as exc:
-        return None, str(exc)
+    # RecursionError: JSON nested deeper than the parser's stack, which no
+    # writer of ours produces but a damaged or foreign file can.
+    except (OSError, ValueError, RecursionError) as exc:
+        return None, str(exc) or type(exc).__name__
 
 
-def _unix(value: object) -> float | None:
+def unix_time(value: object) -> float | None:
+    """An ISO 8601 time as Unix seconds; None when it is not one."""
     if not isinstance(value, str):
         return None
+    # A time without an offset is not one the runtime writes; read as UTC
+    # rather than as this host's local time. Years near 1 or 9999 overflow
+    # when shifted, and count as no time at all.
     try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp()
+    except (ValueError, OverflowError):
         return None
 
 

@@ -7,19 +7,20 @@ is not a terminal, so the same text can be piped or pasted.
 from __future__ import annotations
 
 import json
+import math
 import time
-from datetime import datetime
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ferry.health.report import Report, Row
+from ferry.health.report import Report, Row, unix_time
 
 SECONDS_PER_MINUTE = 60
 SECONDS_PER_HOUR = 3600
 SECONDS_PER_DAY = 86400
+MS_PER_S = 1000.0
 
 # Width of the table when the output is not a terminal (a pipe or a file):
 # enough for every column without wrapping, since nothing else sets it then.
@@ -114,19 +115,26 @@ def _age(seconds: float | None) -> str:
 def _since(value: object, now: float) -> str:
     if not isinstance(value, str):
         return "never" if value is None else ""
-    try:
-        moment = datetime.fromisoformat(value).timestamp()
-    except ValueError:
+    moment = unix_time(value)
+    if moment is None:
         return value
     return f"{_age(max(now - moment, 0.0))} ago"
 
 
 def _millis(value: object) -> str:
-    if not isinstance(value, int | float):
+    # A stats file is read as found: an integer too big for a float, NaN or
+    # infinity is shown as it is rather than stopping the whole table.
+    if not isinstance(value, int | float) or isinstance(value, bool):
         return ""
-    if value < 1000:
-        return f"{value:.0f}ms"
-    return f"{value / 1000:.1f}s"
+    try:
+        millis = float(value)
+    except OverflowError:
+        return str(value)
+    if not math.isfinite(millis):
+        return str(value)
+    if millis < MS_PER_S:
+        return f"{millis:.0f}ms"
+    return f"{millis / MS_PER_S:.1f}s"
 
 
 def _text(value: object) -> str:

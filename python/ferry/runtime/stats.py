@@ -128,11 +128,23 @@ def _sample(key: str, value: Any) -> tuple[str, float] | None:
         if moment is None:
             return None
         return f"ferry_{base.removesuffix('_at')}_timestamp_seconds", moment
-    if not isinstance(value, int | float):
+    number = _float(value)
+    if number is None:
         return None
     if key.endswith("_ms"):
-        return f"ferry_{base.removesuffix('_ms')}_seconds", value / MS_PER_S
-    return f"ferry_{base}", float(value)
+        return f"ferry_{base.removesuffix('_ms')}_seconds", number / MS_PER_S
+    return f"ferry_{base}", number
+
+
+def _float(value: Any) -> float | None:
+    if not isinstance(value, int | float):
+        return None
+    # Python integers are unbounded and a sample is a double: a counter past
+    # about 1.8e308 has no sample, and must not stop the JSON being written.
+    try:
+        return float(value)
+    except OverflowError:
+        return None
 
 
 def _replace(path: Path, body: bytes) -> None:
