@@ -82,7 +82,8 @@ def test_running_worker_with_fresh_heartbeat_has_no_problem(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
-    "state", ["BACKOFF", "STARTING", "FATAL", "EXITED", "STOPPED", "STOPPING"]
+    "state",
+    ["BACKOFF", "STARTING", "FATAL", "EXITED", "STOPPED", "STOPPING", "UNKNOWN"],
 )
 def test_every_state_but_running_is_a_problem(tmp_path: Path, state: str) -> None:
     write_stats(tmp_path, "audit_0")

@@ -45,6 +45,25 @@ HUNG_RPC_TIMEOUT_S = 2.0
 COMMAND_START_S = 5.0
 
 
+# One record per line: time, level, logger, event, then key=value fields,
+# values quoted when they hold spaces. Printable ASCII only: no glyphs, no
+# colour codes, nothing a grep over the files would trip on.
+LOG_LINE = re.compile(
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) ferry(\.[\w-]+)+"
+    r' [a-z_]+( [\w.-]+=("([^"\\]|\\.)*"|[^\s"]*))*'
+)
+
+
+def assert_plain_log_lines(stack: Stack, *names: str) -> None:
+    """Every line of each program's log is one plain key=value record."""
+    for name in names:
+        text = stack.log(name)
+        assert text, f"{name} logged nothing"
+        for line in text.splitlines():
+            assert line.isascii() and line.isprintable(), (name, line)
+            assert LOG_LINE.fullmatch(line), (name, line)
+
+
 def own_stats(stack: Stack, name: str, pid: int) -> dict[str, Any] | None:
     """The process's stats file, once written by that very process."""
     try:
@@ -256,6 +275,14 @@ def test_stop_all_during_runs_exits_cleanly_within_stopwaitsecs(
     assert len(quota) == 2, "quota-sync had no run in flight to wait for"
     assert "run_done worker=quota-sync" in quota[1]
     assert "exit_code=0" in quota[1]
+    assert_plain_log_lines(stack, *PROCESSES)
+    # Exactly one line per run, whichever way it ended.
+    for name in WORKER_PROCESSES:
+        figures = read(stack.state_dir / f"{name}.json")
+        runs = sum(figures[key] for key in ("runs_completed", "runs_failed"))
+        runs += figures["runs_skipped"]
+        logged = re.findall(r" run_(?:done|failed|skipped) ", stack.log(name))
+        assert len(logged) == runs > 0, name
 
 
 def test_status_and_health_give_up_on_a_hung_supervisord_within_the_timeout(
