@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import random
 import secrets
+import socket
+import struct
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -15,6 +19,7 @@ import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from ferry.demo import receiver as receiver_module
 from ferry.demo.receiver import ReceiverServer, SecretBook
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -94,3 +99,43 @@ def test_an_old_secret_still_verifies_while_it_rotates(
         (new, old, url),
     )
     assert deliver(url, old).status_code == 200
+
+
+def test_a_client_that_hangs_up_on_a_slow_answer_is_logged_not_raised(
+    receiver: ReceiverServer,
+    db: Conn,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(receiver_module, "SLOW_MIN_S", 0.5)
+    monkeypatch.setattr(receiver_module, "SLOW_MAX_S", 0.5)
+    url, secret = endpoint(db, receiver, "/hooks/slow/5")
+    request = deliver_request(url, secret)
+    with socket.create_connection(("127.0.0.1", receiver.port)) as sock:
+        sock.sendall(request)
+        time.sleep(0.1)
+        # Linger 0: close with a reset, as a client whose deadline passed.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    caplog.set_level(logging.INFO, logger="ferry.demo.receiver")
+    deadline = time.monotonic() + 5
+    while "client_gone=True" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "receiver_request path=/hooks/slow/5" in caplog.text
+    assert "client_gone=True" in caplog.text
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def deliver_request(url: str, secret: str) -> bytes:
+    """The raw HTTP request `deliver` would send, for a socket of our own."""
+    body = json.dumps({"type": "upload.created", "data": {"upload_id": "u1"}})
+    now = datetime.now(UTC)
+    signature = Webhook(secret).sign("msg_slow", now, body)
+    path = "/" + url.split("/", 3)[3]
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"webhook-id: msg_slow\r\nwebhook-timestamp: {int(now.timestamp())}\r\n"
+        f"webhook-signature: {signature}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body.encode()

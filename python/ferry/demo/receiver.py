@@ -150,11 +150,17 @@ class _Handler(BaseHTTPRequestHandler):
         if code == HTTPStatus.OK:
             self.server.answered.add(webhook_id)
         body = b'{"ok": true}' if code == HTTPStatus.OK else b'{"ok": false}'
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        # A slow answer can outlast the worker's deadline, which then hangs
+        # up: that is a fact for the log line, not a traceback.
+        client_gone = False
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            client_gone = True
         level = logging.INFO if verdict == "verified" else logging.WARNING
         logger.log(
             level,
@@ -166,6 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "verdict": verdict,
                     "status": int(code),
                     "duplicate": duplicate,
+                    "client_gone": client_gone,
                     "duration_ms": round((time.monotonic() - started) * 1000),
                 }
             ),
