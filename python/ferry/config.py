@@ -14,10 +14,11 @@ environment variable, the value and what is expected.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -253,3 +254,60 @@ def _refuse_unknown(cls: type[FerrySettings], table: dict[str, Any]) -> None:
             f"FERRY_CONFIG file {os.environ.get('FERRY_CONFIG')!r} has no setting"
             f" {unknown[0]!r} in {where}; known: {', '.join(sorted(cls.model_fields))}"
         )
+
+
+# FERRY_ variables that belong to the deployment files (supervisord.conf and
+# the dev scripts) rather than to a settings class.
+DEPLOYMENT_VARIABLES = frozenset(
+    {
+        "FERRY_CONFIG",
+        "FERRY_PYTHON",
+        "FERRY_LOG_DIR",
+        "FERRY_RUN_DIR",
+        "FERRY_REPO",
+        "FERRY_DEV_DIR",
+        "FERRY_DEV_PG_DATA",
+        "FERRY_DEV_PRIVATE",
+        "FERRY_DEV_REDIS_PORT",
+        "FERRY_DEV_POSTGRES_PORT",
+    }
+)
+
+
+def unknown_variables(
+    classes: Iterable[type[FerrySettings]],
+) -> list[tuple[str, str | None]]:
+    """FERRY_ environment variables no settings class reads.
+
+    Returns (name, closest known name or None) for each, so that a misspelt
+    variable is reported instead of being ignored in silence.
+    """
+    known = set(DEPLOYMENT_VARIABLES)
+    for cls in classes:
+        for field, info in cls.model_fields.items():
+            known.add(cls.env_name(field))
+            if isinstance(info.validation_alias, AliasChoices):
+                known.update(
+                    str(choice)
+                    for choice in info.validation_alias.choices
+                    if str(choice).isupper()
+                )
+    unknown = sorted(
+        name for name in os.environ if name.startswith("FERRY_") and name not in known
+    )
+    return [
+        (name, next(iter(difflib.get_close_matches(name, known, n=1)), None))
+        for name in unknown
+    ]
+
+
+def all_settings_classes() -> list[type[FerrySettings]]:
+    """Every settings class defined so far, subclasses of subclasses included."""
+    found: list[type[FerrySettings]] = []
+    pending: list[type[FerrySettings]] = [FerrySettings]
+    while pending:
+        cls = pending.pop()
+        for sub in cls.__subclasses__():
+            found.append(sub)
+            pending.append(sub)
+    return found

@@ -411,3 +411,16 @@ def test_postgres_killed_mid_run_fails_it_and_the_next_run_recovers(
             assert quota_rows(conn)[("a2999", "uploads")] == 2999
     finally:
         server.remove()
+
+
+def test_a_misspelt_variable_is_reported_with_the_name_it_resembles(
+    ferry_env: dict[str, str],
+) -> None:
+    env = {**ferry_env, "FERRY_QUOTA_SYNC_INTERVL_S": "5", "FERRY_DEV_PRIVATE": "1"}
+    done = run_ferry("run", "quota-sync", "--once", env=env)
+    assert done.returncode == EXIT_OK
+    assert (
+        "config_unknown_variable name=FERRY_QUOTA_SYNC_INTERVL_S"
+        " did_you_mean=FERRY_QUOTA_SYNC_INTERVAL_S action=ignored"
+    ) in done.stderr
+    assert "FERRY_DEV_PRIVATE" not in done.stderr
