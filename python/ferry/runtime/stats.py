@@ -8,7 +8,8 @@ and end in a random suffix, never in `.json` or `.prom`, so node_exporter's
 textfile collector (which reads `*.prom`) and `ferry status` (which reads
 `*.json`) never pick one up.
 
-The JSON carries the fields of DESIGN section 3 plus the worker's own
+The JSON carries the runtime's fields (state, heartbeat, run counts and
+times, last error, errors in the window) plus the worker's own
 counters at the top level. The `.prom` file carries every numeric field as a
 gauge `ferry_<field>` labelled with `worker` and `process` (not `instance`,
 which Prometheus sets on every scraped series itself): times (`*_at`) as
@@ -32,7 +33,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-# Every value `state` takes (DESIGN section 3); each gets its own sample.
+# Every value `state` takes; each gets its own sample.
 STATES = ("starting", "waiting", "running", "stopping")
 # Fields that label the samples or are free text, never samples themselves.
 TEXT_FIELDS = ("worker", "instance", "version", "state", "last_error", "pid")

@@ -136,7 +136,8 @@ WITH moved AS (
         AND s.value <> d.value - d.carried
         AND d.synced_at <= %(synced_at)s
 ), summed AS (
-    SELECT *, carried::numeric + held AS total,
+    SELECT day, account_id, metric, before, held, carried,
+        carried::numeric + held AS total,
         carried::numeric + held
             BETWEEN -9223372036854775808 AND 9223372036854775807 AS fits
     FROM moved
@@ -213,8 +214,8 @@ FROM (
 ) AS p
 WHERE (t.day, t.account_id, t.metric) = (p.day, p.account_id, p.metric)
     AND (p.day, p.account_id, p.metric) NOT IN (
-        SELECT * FROM unnest(%(days)s::date[], %(accounts)s::text[],
-            %(metrics)s::text[])
+        SELECT k.day, k.account_id, k.metric FROM unnest(%(days)s::date[],
+            %(accounts)s::text[], %(metrics)s::text[]) AS k(day, account_id, metric)
     )
 """
 

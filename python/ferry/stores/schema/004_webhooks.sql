@@ -1,4 +1,4 @@
--- The webhooks worker's tables (DESIGN section 4). The web application
+-- The webhooks worker's tables. The web application
 -- inserts endpoints, uploads and webhooks; the worker claims, delivers and
 -- records. Times are the database's own clock (now()), never a worker's.
 

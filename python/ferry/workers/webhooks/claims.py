@@ -131,8 +131,12 @@ ATTEMPTS_SQL = """
 INSERT INTO webhook_attempts
     (webhook_id, attempt, started_at, duration_ms, status_code, error,
      response_excerpt)
-SELECT * FROM unnest(%s::bigint[], %s::int[], %s::timestamptz[], %s::int[],
-                     %s::int[], %s::text[], %s::text[])
+SELECT a.webhook_id, a.attempt, a.started_at, a.duration_ms, a.status_code,
+       a.error, a.response_excerpt
+FROM unnest(%s::bigint[], %s::int[], %s::timestamptz[], %s::int[],
+            %s::int[], %s::text[], %s::text[])
+     AS a(webhook_id, attempt, started_at, duration_ms, status_code, error,
+          response_excerpt)
 ON CONFLICT (webhook_id, attempt) DO NOTHING
 """
 

@@ -29,7 +29,7 @@ def _split(value: Any) -> Any:
 
 
 class WebhooksSettings(FerrySettings):
-    """Every knob of the webhooks worker, with the defaults of DESIGN section 1."""
+    """Every knob of the webhooks worker, with its default."""
 
     toml_table = "webhooks"
     model_config = SettingsConfigDict(env_prefix="FERRY_WEBHOOKS_")
