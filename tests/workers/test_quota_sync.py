@@ -15,14 +15,14 @@ import redis
 
 from ferry.config import CommonSettings, load
 from ferry.errors import StoreError
-from ferry.runtime import EXIT_CONFIG, EXIT_OK, RunContext, Schedule
+from ferry.runtime import EXIT_CONFIG, EXIT_OK, RunContext
 from ferry.stores import redis as redis_store
 from ferry.stores.migrate import migrate
 from ferry.workers import quota_sync
 from ferry.workers.counter_sync import CounterSync
 from tests.conftest import REPO, ferry_cmd, run_ferry
 from tests.servers import PrivatePostgres, PrivateRedis
-from tests.workers.helpers import quota_rows, run
+from tests.workers.helpers import RepeatingSync, quota_rows, quota_sync_as, run
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -70,27 +70,11 @@ def test_empty_keyspace_goes_through_normal_completion(
     assert "run_done worker=quota-sync" in again.stderr
 
 
-class RepeatingSync(CounterSync):
-    """Returns every real SCAN page twice, as SCAN may during a rehash."""
-
-    def pages(self, client: redis_store.Client) -> Iterator[redis_store.Page]:
-        for keys, values in super().pages(client):
-            yield keys, values
-            yield keys, values
-
-
 def test_a_key_returned_twice_by_scan_is_written_and_counted_once(
     ferry_env: dict[str, str], rclient: redis.Redis, db: Conn
 ) -> None:
     rclient.mset({"quota:a:uploads": 3, "quota:b:uploads": 4})
-    sync = RepeatingSync(
-        "quota-sync",
-        load(CommonSettings),
-        pattern="quota:{account}:{metric}",
-        table=quota_sync.TABLE,
-        schedule=Schedule(interval_s=60),
-        scan_count=500,
-    )
+    sync = quota_sync_as(RepeatingSync)
     figures = run(sync)
     sync.close()
     assert figures["synced"] == 2
@@ -198,14 +182,7 @@ def test_incomplete_walk_touches_no_row(
     good.close()
     rclient.delete(*[f"quota:a{i}:uploads" for i in range(25)])
     rclient.mset({f"quota:a{i}:uploads": 2 for i in range(25, 50)})
-    failing = FailingWalk(
-        "quota-sync",
-        common,
-        pattern="quota:{account}:{metric}",
-        table=quota_sync.TABLE,
-        schedule=Schedule(interval_s=60),
-        scan_count=10,
-    )
+    failing = quota_sync_as(FailingWalk, scan_count=10)
     with pytest.raises(StoreError):
         failing.run_once(RunContext(threading.Event()))
     failing.on_failure()
@@ -351,17 +328,9 @@ def test_redis_restarted_mid_walk_fails_the_run_and_touches_no_row(
     server = PrivateRedis().start()
     try:
         monkeypatch.setenv("REDIS_URL", server.url)
-        common = load(CommonSettings)
         client = redis.Redis.from_url(server.url)
         client.mset({f"quota:a{i}:uploads": 1 for i in range(3000)})
-        sync = RestartingRedis(
-            "quota-sync",
-            common,
-            pattern="quota:{account}:{metric}",
-            table=quota_sync.TABLE,
-            schedule=Schedule(interval_s=60),
-            scan_count=100,
-        )
+        sync = quota_sync_as(RestartingRedis, scan_count=100)
         sync.server = server
         db.execute(
             "INSERT INTO quota_usage VALUES ('a1', 'uploads', 1, now() - interval '1h')"
@@ -392,14 +361,7 @@ def test_postgres_killed_mid_run_fails_it_and_the_next_run_recovers(
                     if number == 1:
                         server.kill()
 
-        doomed = KillingPostgres(
-            "quota-sync",
-            common,
-            pattern="quota:{account}:{metric}",
-            table=quota_sync.TABLE,
-            schedule=Schedule(interval_s=60),
-            scan_count=100,
-        )
+        doomed = quota_sync_as(KillingPostgres, scan_count=100)
         with pytest.raises(StoreError, match="postgres failed"):
             doomed.run_once(RunContext(threading.Event()))
         doomed.on_failure()

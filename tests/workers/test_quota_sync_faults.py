@@ -20,13 +20,12 @@ import pytest
 import redis
 
 from ferry.config import CommonSettings, load
-from ferry.runtime import EXIT_OK, Runner, Schedule
-from ferry.stores import redis as redis_store
+from ferry.runtime import EXIT_OK, Runner
 from ferry.workers import quota_sync
 from ferry.workers.counter_sync import CounterSync
 from tests.conftest import REPO, ferry_cmd, run_ferry
 from tests.servers import PrivateRedis
-from tests.workers.helpers import quota_rows, run
+from tests.workers.helpers import RepeatingSync, quota_rows, quota_sync_as, run
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -317,28 +316,12 @@ def test_kill_9_mid_run_then_a_clean_run_leaves_every_row_right(
 # -- repeats and interleaving ----------------------------------------------------
 
 
-class RepeatingSync(CounterSync):
-    """Returns every real SCAN page twice, as SCAN may during a rehash."""
-
-    def pages(self, client: redis_store.Client) -> Iterator[redis_store.Page]:
-        for keys, values in super().pages(client):
-            yield keys, values
-            yield keys, values
-
-
 def test_a_bad_key_returned_twice_by_scan_is_counted_once(
     ferry_env: dict[str, str], rclient: redis.Redis, db: Conn
 ) -> None:
     rclient.set("quota:too:many:parts", 1)
     rclient.set("quota:ok:uploads", 1)
-    sync = RepeatingSync(
-        "quota-sync",
-        load(CommonSettings),
-        pattern="quota:{account}:{metric}",
-        table=quota_sync.TABLE,
-        schedule=Schedule(interval_s=60),
-        scan_count=500,
-    )
+    sync = quota_sync_as(RepeatingSync)
     try:
         figures = run(sync)
     finally:
