@@ -8,9 +8,11 @@ are exactly those of a Ferry worker.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 from ferry.config import CommonSettings, load
 from ferry.logs import configure
@@ -38,6 +40,18 @@ class SampleWorker(Worker):
 
     def counters(self) -> Mapping[str, int]:
         return {"sample_runs": self.runs}
+
+
+def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """Start this module as a worker process with `args`; output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.runtime.sample_worker", *args],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def main() -> int:

@@ -27,7 +27,7 @@ from ferry.runtime import (
     Worker,
 )
 from tests.conftest import REPO
-from tests.runtime.sample_worker import SampleWorker
+from tests.runtime.sample_worker import SampleWorker, start
 
 # How long a test waits for a child to reach a state before giving up.
 WAIT_S = 20
@@ -42,17 +42,6 @@ def env(tmp_path: Path) -> dict[str, str]:
         "FERRY_HEARTBEAT_S": "0.2",
         "PYTHONUNBUFFERED": "1",
     }
-
-
-def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.runtime.sample_worker", *args],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def stats(env: dict[str, str]) -> dict[str, object]:

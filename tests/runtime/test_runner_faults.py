@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from datetime import datetime
@@ -23,6 +22,7 @@ from ferry.config import CommonSettings
 from ferry.runtime import EXIT_CONFIG, EXIT_DEADLINE, EXIT_OK, Runner, Schedule
 from tests.conftest import REPO, ferry_cmd, run_ferry
 from tests.runtime.sample_worker import SampleWorker
+from tests.runtime.sample_worker import start as start_sample
 
 WAIT_S = 20
 
@@ -36,17 +36,6 @@ def env(tmp_path: Path) -> dict[str, str]:
         "FERRY_HEARTBEAT_S": "0.1",
         "PYTHONUNBUFFERED": "1",
     }
-
-
-def start_sample(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.runtime.sample_worker", *args],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def read_stats(path: Path) -> dict[str, object]:
