@@ -5,12 +5,16 @@ Real Postgres and real HTTP receivers on 127.0.0.1, as everywhere else.
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlencode
 
 import psycopg
 import pytest
 import standardwebhooks
 
+from ferry.workers.webhooks.claims import Claimed
+from ferry.workers.webhooks.delivery import AttemptResult
+from ferry.workers.webhooks.worker import DeliveryRun
 from tests.conftest import run_ferry
 from tests.workers.webhooks import helpers as h
 from tests.workers.webhooks.receiver import Receiver
@@ -154,3 +158,35 @@ def test_large_payloads_are_claimed_within_a_byte_budget(
     # the budget), then waits for them before taking more.
     assert receiver.record.path_max_in_flight["/slow"] == 3
     assert len(receiver.requests()) == 8
+
+
+def test_a_run_failing_on_a_bug_gives_back_the_rows_it_had_not_sent(
+    ferry_env: dict[str, str],
+    db: h.Conn,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    endpoint_id = h.add_endpoint(db, receiver.url("/ok"))
+    ids = h.add_webhooks(db, endpoint_id, 5)
+    calls: list[int] = []
+
+    async def broken_then_slow(self: DeliveryRun, row: Claimed) -> AttemptResult:
+        calls.append(row.webhook_id)
+        if len(calls) == 1:
+            raise RuntimeError("a bug of ours")
+        await asyncio.sleep(30)
+        raise AssertionError("the run should have ended long before")
+
+    monkeypatch.setattr(DeliveryRun, "_attempt", broken_then_slow)
+    worker = h.worker(max_in_flight_per_endpoint=1)
+
+    with pytest.raises(RuntimeError, match="a bug of ours"):
+        h.run(worker)
+
+    rows = {i: h.webhook(db, i) for i in ids}
+    leased = [i for i, row in rows.items() if row["status"] == "delivering"]
+    # Only the row whose attempt broke keeps its lease; the rest are due now.
+    assert leased == [calls[0]]
+    for i in set(ids) - {calls[0]}:
+        assert (rows[i]["status"], rows[i]["claim_token"]) == ("pending", None)
+        assert rows[i]["attempts"] == 0

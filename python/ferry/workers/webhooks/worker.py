@@ -20,7 +20,10 @@ Within a run:
 On shutdown (the runtime sets `ctx.stopping`) nothing new is claimed, rows
 not yet being sent are released at once, and attempts in flight get until
 shortly before the shutdown deadline, after which they are cancelled and
-released too: every held row is either recorded or due again.
+released too: every held row is either recorded or due again. A run that
+fails on a bug of ours releases the same way, except the row whose attempt
+broke: it keeps its lease, so a row that breaks every run is counted toward
+its attempt limit and finally failed.
 
 The caps are per process: N processes may have N times the per-endpoint
 cap in flight to one endpoint. Leases are not renewed while a row waits for
@@ -554,13 +557,27 @@ class DeliveryRun:
 
     async def _abort(self, writer: asyncio.Task[None]) -> None:
         # Reached on every path; after a clean end there is nothing left. On
-        # a failure the held rows keep their lease and come back when it
-        # runs out.
+        # a failure, the rows whose tasks are cancelled here queue their
+        # release, and they go back at once rather than waiting out their
+        # lease (and then counting a lost attempt). The row whose attempt
+        # failed on a bug of ours keeps its lease, so that a row which breaks
+        # every run is counted toward its attempt limit and finally failed.
         for task in list(self.tasks):
             task.cancel()
         if not writer.done():
             writer.cancel()
         await asyncio.gather(*self.tasks, writer, return_exceptions=True)
+        if not self.releases:
+            return
+        releases, self.releases = self.releases, []
+        try:
+            await self._release(releases)
+        except Exception as exc:
+            # The failure may be the database itself; the leases still end.
+            logger.warning(
+                "release_after_failure_failed %s",
+                kv({"worker": NAME, "rows": len(releases), "error": exc}),
+            )
 
     def _count(self, name: str, amount: int = 1) -> None:
         self.figures[name] += amount
