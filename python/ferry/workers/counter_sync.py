@@ -3,14 +3,16 @@
 One run, in one Postgres transaction:
 
 1. take the worker's transaction-scoped advisory lock, or skip the run;
-2. if another process has written since our last run, reload the memory of
-   what the table holds (the core skips rows whose value did not change);
+2. if another process has written since our last run, or the memory is an
+   hour old, reload the memory of what the table holds (the core skips rows
+   whose value did not change);
 3. walk the keyspace with SCAN + MGET, and stream each page through the Rust
    core straight into a binary COPY of a staging table;
 4. after a complete walk, add 0 rows for remembered keys that are gone;
 5. upsert from the staging table in key order, rewriting only rows whose
    value changed and never a row stamped later than this run;
-6. record this run's id, commit, and only then trust the memory.
+6. record this run's id, commit, and only then trust the memory; if the
+   upsert declined rows because the table's were newer, reload it instead.
 
 A run that fails anywhere rolls back, so Postgres is unchanged, and the
 memory is dropped so that nothing is skipped on the strength of a write that
