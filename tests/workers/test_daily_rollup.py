@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
@@ -17,8 +16,8 @@ from ferry.config import CommonSettings, load
 from ferry.errors import ConfigError
 from ferry.runtime import EXIT_CONFIG, EXIT_OK
 from ferry.workers import daily_rollup
-from ferry.workers.daily_rollup import DailyRollup
 from tests.conftest import run_ferry
+from tests.workers.conftest import RollupFactory
 from tests.workers.helpers import run
 
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -34,24 +33,6 @@ OPEN_GRACE_S = str(30 * 86400)
 
 def key(day: date, account: str, metric: str = "bytes") -> str:
     return f"usage:{day.isoformat()}:{account}:{metric}"
-
-
-Factory = Callable[[], DailyRollup]
-
-
-@pytest.fixture
-def make_worker(ferry_env: dict[str, str]) -> Iterator[Factory]:
-    """Builds workers from the environment, as `ferry run` would; closes them."""
-    built: list[DailyRollup] = []
-
-    def make() -> DailyRollup:
-        worker = daily_rollup.build(load(CommonSettings))
-        built.append(worker)
-        return worker
-
-    yield make
-    for worker in built:
-        worker.close()
 
 
 def rows(db: Conn) -> dict[tuple[date, str, str], Row]:
@@ -78,7 +59,7 @@ def set_acl(client: redis.Redis, rule: str) -> None:
 
 
 def test_impossible_dates_are_malformed_keys_counted_and_skipped(
-    make_worker: Factory,
+    make_rollup: RollupFactory,
     rclient: redis.Redis,
     db: Conn,
     caplog: pytest.LogCaptureFixture,
@@ -94,7 +75,7 @@ def test_impossible_dates_are_malformed_keys_counted_and_skipped(
         }
     )
     with caplog.at_level(logging.WARNING, logger="ferry.workers.counter_sync"):
-        figures = run(make_worker())
+        figures = run(make_rollup())
     assert figures["synced"] == 2
     assert figures["malformed"] == 4
     assert rows(db) == {
@@ -107,15 +88,15 @@ def test_impossible_dates_are_malformed_keys_counted_and_skipped(
 
 
 def test_two_runs_of_one_day_give_one_set_of_rows(
-    make_worker: Factory, rclient: redis.Redis, db: Conn
+    make_rollup: RollupFactory, rclient: redis.Redis, db: Conn
 ) -> None:
     rclient.mset({key(TODAY, f"a{i}", m): i for i in range(300) for m in "xy"})
-    worker = make_worker()
+    worker = make_rollup()
     first = run(worker)
     after_first = rows(db)
     second = run(worker)
     # A new process (memory reloaded from the table) writes nothing either.
-    third = run(make_worker())
+    third = run(make_rollup())
     assert first["synced"] == 600
     assert second["synced"] == 0 and second["unchanged"] == 600
     assert third["synced"] == 0 and third["unchanged"] == 600
@@ -125,10 +106,10 @@ def test_two_runs_of_one_day_give_one_set_of_rows(
 
 
 def test_every_row_of_a_run_carries_the_runs_one_synced_at(
-    make_worker: Factory, rclient: redis.Redis, db: Conn
+    make_rollup: RollupFactory, rclient: redis.Redis, db: Conn
 ) -> None:
     rclient.mset({key(TODAY, f"a{i}"): i for i in range(3000)})
-    worker = make_worker()
+    worker = make_rollup()
     before = datetime.now(UTC)
     run(worker)
     (first,) = stamps(db)
@@ -147,7 +128,7 @@ def test_every_row_of_a_run_carries_the_runs_one_synced_at(
 
 @pytest.mark.parametrize("delete_keys", [False, True], ids=["keep_keys", "delete"])
 def test_a_day_closing_while_increments_arrive_loses_none_of_them(
-    make_worker: Factory,
+    make_rollup: RollupFactory,
     redis_url: str,
     rclient: redis.Redis,
     db: Conn,
@@ -176,13 +157,13 @@ def test_a_day_closing_while_increments_arrive_loses_none_of_them(
     try:
         while len(issued) < len(accounts):
             stop.wait(0.01)
-        opening = run(make_worker())
+        opening = run(make_rollup())
         assert opening["closed_days"] == 0
 
         # The grace period ends: the next process closes the day while the
         # writer keeps incrementing its keys.
         monkeypatch.setenv("FERRY_DAILY_ROLLUP_CLOSE_GRACE_S", "0")
-        worker = make_worker()
+        worker = make_rollup()
         with caplog.at_level(logging.INFO, logger="ferry.workers.daily_rollup"):
             closing = run(worker)
             assert closing["closed_days"] == 1
@@ -229,7 +210,7 @@ def test_a_day_closing_while_increments_arrive_loses_none_of_them(
 
 
 def test_removal_failing_after_the_closing_commit_is_finished_by_the_next_run(
-    make_worker: Factory,
+    make_rollup: RollupFactory,
     ferry_env: dict[str, str],
     rclient: redis.Redis,
     db: Conn,
@@ -245,7 +226,7 @@ def test_removal_failing_after_the_closing_commit_is_finished_by_the_next_run(
     set_acl(rclient, "-del")
     try:
         with caplog.at_level(logging.WARNING, logger="ferry.workers.daily_rollup"):
-            closing = run(make_worker())
+            closing = run(make_rollup())
     finally:
         set_acl(rclient, "+del")
     assert closing["closed_days"] == 1
@@ -269,14 +250,14 @@ def test_removal_failing_after_the_closing_commit_is_finished_by_the_next_run(
     assert closed == {(PAST, f"a{i}", "bytes"): (i + 1, True, i + 1) for i in range(20)}
 
     # With the keys gone, later runs leave the closed rows alone.
-    again = run(make_worker())
+    again = run(make_rollup())
     assert again["synced"] == 0 and again["zeroed"] == 0
     assert {k: v for k, v in rows(db).items() if k[0] == PAST} == closed
 
 
 @pytest.mark.parametrize("delete_keys", [False, True], ids=["keep_keys", "delete"])
 def test_closed_rows_whose_keys_vanish_are_not_zeroed(
-    make_worker: Factory,
+    make_rollup: RollupFactory,
     rclient: redis.Redis,
     db: Conn,
     monkeypatch: pytest.MonkeyPatch,
@@ -285,7 +266,7 @@ def test_closed_rows_whose_keys_vanish_are_not_zeroed(
     monkeypatch.setenv("FERRY_DAILY_ROLLUP_DELETE_CLOSED_KEYS", str(delete_keys))
     rclient.mset({key(PAST, f"a{i}"): 10 for i in range(5)})
     rclient.set(key(TODAY, "a0"), 4)
-    worker = make_worker()
+    worker = make_rollup()
     # With removal configured, the first removal fails (DEL refused) and the
     # keys are then deleted as by a process that died before recording it;
     # without removal, they expire.
@@ -302,12 +283,12 @@ def test_closed_rows_whose_keys_vanish_are_not_zeroed(
     assert found[(TODAY, "a0", "bytes")] == (0, False, 0)
     for i in range(5):
         assert found[(PAST, f"a{i}", "bytes")] == (10, True, 10)
-    assert run(make_worker())["synced"] == 0
+    assert run(make_rollup())["synced"] == 0
     assert rows(db) == found
 
 
 def test_a_late_increment_to_a_removed_key_adds_to_the_closed_total(
-    make_worker: Factory,
+    make_rollup: RollupFactory,
     rclient: redis.Redis,
     db: Conn,
     monkeypatch: pytest.MonkeyPatch,
@@ -315,7 +296,7 @@ def test_a_late_increment_to_a_removed_key_adds_to_the_closed_total(
 ) -> None:
     monkeypatch.setenv("FERRY_DAILY_ROLLUP_DELETE_CLOSED_KEYS", "true")
     rclient.set(key(PAST, "small"), 10)
-    worker = make_worker()
+    worker = make_rollup()
     assert run(worker)["keys_removed"] == 1
     assert rows(db)[(PAST, "small", "bytes")] == (10, True, 10)
 
@@ -338,10 +319,10 @@ def test_a_late_increment_to_a_removed_key_adds_to_the_closed_total(
 
 
 def test_a_late_increment_to_a_kept_key_follows_its_value(
-    make_worker: Factory, rclient: redis.Redis, db: Conn
+    make_rollup: RollupFactory, rclient: redis.Redis, db: Conn
 ) -> None:
     rclient.set(key(PAST, "acct"), 10)
-    worker = make_worker()
+    worker = make_rollup()
     run(worker)
     rclient.incrby(key(PAST, "acct"), 3)
     figures = run(worker)
@@ -349,7 +330,7 @@ def test_a_late_increment_to_a_kept_key_follows_its_value(
     assert rows(db)[(PAST, "acct", "bytes")] == (13, True, 0)
     # Unchanged since: nothing to write, in this process or a new one.
     assert run(worker)["synced"] == 0
-    assert run(make_worker())["synced"] == 0
+    assert run(make_rollup())["synced"] == 0
 
 
 def test_a_pattern_without_a_date_segment_stops_start_up(

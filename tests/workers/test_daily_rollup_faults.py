@@ -5,20 +5,16 @@ grace period changed after a day closed."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 import pytest
 import redis
 
-from ferry.config import CommonSettings, load
-from ferry.workers import daily_rollup
-from ferry.workers.daily_rollup import DailyRollup
+from tests.workers.conftest import RollupFactory
 from tests.workers.helpers import run
 
 Conn = psycopg.Connection[tuple[object, ...]]
-Factory = Callable[[], DailyRollup]
 
 I64_MAX = 2**63 - 1
 # Margin on either side of a computed closing boundary, far more than a test
@@ -28,20 +24,6 @@ BOUNDARY_MARGIN_S = 1800
 
 def key(day: date, account: str) -> str:
     return f"usage:{day.isoformat()}:{account}:bytes"
-
-
-@pytest.fixture
-def make_worker(ferry_env: dict[str, str]) -> Iterator[Factory]:
-    built: list[DailyRollup] = []
-
-    def make() -> DailyRollup:
-        worker = daily_rollup.build(load(CommonSettings))
-        built.append(worker)
-        return worker
-
-    yield make
-    for worker in built:
-        worker.close()
 
 
 def closed(db: Conn) -> dict[tuple[date, str], tuple[int, bool]]:
@@ -55,7 +37,7 @@ def closed(db: Conn) -> dict[tuple[date, str], tuple[int, bool]]:
     ids=["utc+14", "utc-11"],
 )
 def test_days_close_on_utc_midnight_whatever_the_sessions_time_zone(
-    make_worker: Factory,
+    make_rollup: RollupFactory,
     rclient: redis.Redis,
     db: Conn,
     monkeypatch: pytest.MonkeyPatch,
@@ -82,13 +64,13 @@ def test_days_close_on_utc_midnight_whatever_the_sessions_time_zone(
     monkeypatch.setenv("FERRY_DAILY_ROLLUP_CLOSE_GRACE_S", str(grace_s))
     rclient.set(key(yesterday, "acct"), 5)
 
-    figures = run(make_worker())
+    figures = run(make_rollup())
     assert figures["closed_days"] == int(expect_closed)
     assert closed(db) == {(yesterday, "acct"): (5, expect_closed)}
 
 
 def test_a_late_total_beyond_64_bits_is_reported_and_the_run_goes_on(
-    make_worker: Factory,
+    make_rollup: RollupFactory,
     rclient: redis.Redis,
     db: Conn,
     caplog: pytest.LogCaptureFixture,
@@ -96,7 +78,7 @@ def test_a_late_total_beyond_64_bits_is_reported_and_the_run_goes_on(
     past = datetime.now(UTC).date() - timedelta(days=3)
     rclient.set(key(past, "huge"), I64_MAX - 10)
     rclient.set(key(past, "small"), 1)
-    worker = make_worker()
+    worker = make_rollup()
     assert run(worker)["closed_days"] == 1
 
     # The huge key starts again from nothing: its row's total would pass
@@ -119,27 +101,27 @@ def test_a_late_total_beyond_64_bits_is_reported_and_the_run_goes_on(
     ]
 
     # A fresh process, reloading its memory, does not fail on it either.
-    again = run(make_worker())
+    again = run(make_rollup())
     assert again["late_overflowed"] == 1
     assert closed(db)[(past, "huge")] == (I64_MAX - 10, True)
 
 
 def test_a_new_key_of_a_closed_day_is_closed_even_after_the_grace_grew(
-    make_worker: Factory,
+    make_rollup: RollupFactory,
     rclient: redis.Redis,
     db: Conn,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     past = datetime.now(UTC).date() - timedelta(days=3)
     rclient.set(key(past, "a"), 1)
-    assert run(make_worker())["closed_days"] == 1
+    assert run(make_rollup())["closed_days"] == 1
 
     # The operator lengthens the grace period past that day; a key of the
     # closed day appears. It is late once, not again in every run.
     monkeypatch.setenv("FERRY_DAILY_ROLLUP_CLOSE_GRACE_S", str(30 * 86_400))
     rclient.set(key(past, "b"), 4)
-    worker = make_worker()
+    worker = make_rollup()
     assert run(worker)["late_increments"] == 1
     assert closed(db) == {(past, "a"): (1, True), (past, "b"): (4, True)}
     assert run(worker)["late_increments"] == 0
-    assert run(make_worker())["late_increments"] == 0
+    assert run(make_rollup())["late_increments"] == 0

@@ -27,13 +27,6 @@ from tests.workers.helpers import RepeatingSync, quota_rows, quota_sync_as, run
 Conn = psycopg.Connection[tuple[object, ...]]
 
 
-@pytest.fixture
-def worker(ferry_env: dict[str, str]) -> Iterator[CounterSync]:
-    sync = quota_sync.build(load(CommonSettings))
-    yield sync
-    sync.close()
-
-
 def stamps(db: Conn) -> set[datetime]:
     found = db.execute("SELECT DISTINCT synced_at FROM quota_usage").fetchall()
     return {row[0] for row in found}  # type: ignore[misc]

@@ -11,7 +11,6 @@ import random
 import string
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,13 +27,6 @@ from tests.servers import PrivateRedis
 from tests.workers.helpers import RepeatingSync, quota_rows, quota_sync_as, run
 
 Conn = psycopg.Connection[tuple[object, ...]]
-
-
-@pytest.fixture
-def worker(ferry_env: dict[str, str]) -> Iterator[CounterSync]:
-    sync = quota_sync.build(load(CommonSettings))
-    yield sync
-    sync.close()
 
 
 def backend_pids(db: Conn) -> list[int]:
